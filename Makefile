@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine:
+#   make explore   # install into .venv, explain a raw image (the dashboard comes with the explorer issue)
+#   make test      # install into .venv (with test tools) and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: explore test install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+explore: $(STAMP)
+	$(BIN)/psal explain raw_images/grace_hopper.jpg --out psal_out/grace_hopper
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/psal bench kernels
+
+clean:
+	rm -rf psal_out .pytest_cache

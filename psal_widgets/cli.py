@@ -1,0 +1,266 @@
+"""The ``psal`` command: explain an image, list layers, compute or import statistics, benchmark.
+
+Every failure caused by the input ends with a one-line error and a non-zero exit code;
+``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user-facing error: printed on one line, exit code 2."""
+
+
+# -- psal explain ------------------------------------------------------------------------
+def _parse_filters(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError as err:
+        raise CliError(f"--filters takes comma-separated filter ids like 12,512,20001; got {text!r}") from err
+    if not ids:
+        raise CliError("--filters is empty: give at least one filter id")
+    return ids
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .explainer import Explainer
+    from .viz.heatmap import overlay
+    from .viz.static import profile_png, triptych_png
+
+    from .data import load_image
+
+    filters = _parse_filters(args.filters)
+    load_image(args.image)  # fail on a bad image before the model is loaded
+    explainer = Explainer(args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device)
+    analysis = explainer.analyze(args.image, label=args.label)
+    index = explainer.index
+    if filters is not None:
+        bad = [f for f in filters if not 0 <= f < index.n_filters]
+        if bad:
+            raise CliError(f"filter ids {bad} are out of range: this model has {index.n_filters} filters (0..{index.n_filters - 1})")
+        chosen = np.unique(np.asarray(filters, dtype=np.int64))
+    else:
+        chosen = analysis.top_filters(args.k)
+    out = Path(args.out) if args.out else Path("psal_out") / Path(args.image).stem
+    out.mkdir(parents=True, exist_ok=True)
+
+    heat = analysis.input_map(chosen, boost=args.boost, percentile=args.percentile)
+    mode_name = {"std": "standardized saliency", "raw": "mean |grad|", "norm": "saliency / mean", "signed": "mean grad"}
+    profile_png(
+        analysis.sorted_profile(),
+        out / "profile.png",
+        highlight=chosen,
+        title=f"{explainer.model.name}: filter saliency profile, label '{analysis.label_name}'",
+        ylabel=mode_name[args.mode],
+    )
+    triptych_png(
+        [("image", analysis.image), ("input-space saliency", heat), ("overlay", overlay(analysis.image, heat))],
+        out / "input_saliency.png",
+        suptitle=f"pixels driving {len(chosen)} boosted filters (label '{analysis.label_name}')",
+    )
+    top = analysis.prediction(5)
+    cam = analysis.cam(method=args.cam, target=top[0].index)
+    triptych_png(
+        [("image", analysis.image), (f"{args.cam} ({top[0].name})", cam), ("overlay", overlay(analysis.image, cam))],
+        out / "gradcam.png",
+        suptitle=f"{args.cam} for the predicted class '{top[0].name}'",
+    )
+    std = analysis.standardized()
+    with (out / "profile.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "layer", "channel", "saliency", "raw"])
+        ids = np.arange(index.n_filters)
+        for i, layer, channel in zip(ids, index.layer_names(ids), index.channels(ids)):
+            writer.writerow([i, layer, int(channel), "" if std is None else f"{std[i]:.6g}", f"{analysis.raw[i]:.6g}"])
+    result = {
+        "model": explainer.model.name,
+        "weights_id": explainer.model.weights_id,
+        "n_filters": index.n_filters,
+        "image": Path(args.image).name,
+        "label": {"index": analysis.label, "name": analysis.label_name, "source": analysis.label_source},
+        "prediction": [{"index": p.index, "name": p.name, "prob": round(p.prob, 6)} for p in top],
+        "mode": args.mode,
+        "k": len(chosen),
+        "boost": args.boost,
+        "filters": [int(i) for i in chosen],
+        "top_filters": analysis.filter_rows(chosen if filters is None else analysis.top_filters(args.k)),
+        "stats": None if explainer.stats is None else {
+            k: explainer.stats.meta.get(k) for k in ("dataset", "n", "created", "source") if k in explainer.stats.meta
+        },
+        "files": ["profile.png", "input_saliency.png", "gradcam.png", "profile.csv", "result.json"],
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    verdict = "correct" if top[0].index == analysis.label else "WRONG"
+    print(f"{Path(args.image).name}: predicted '{top[0].name}' ({top[0].prob:.2f}), label '{analysis.label_name}' "
+          f"({analysis.label_source}) -> {verdict}")
+    print("top filters: " + ", ".join(f"{r['layer']}[{r['channel']}]={r['saliency']:.2f}" for r in result["top_filters"][:5]))
+    print(f"wrote {out}/: " + ", ".join(result["files"]))
+    return 0
+
+
+# -- psal layers -------------------------------------------------------------------------
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .kernels.filters import FilterIndex
+    from .models import load_model
+
+    # The layout depends on the architecture only, so no weights are needed to list it.
+    model = load_model(args.model, random_weights=True, device="meta")
+    index = FilterIndex(model.module)
+    rows = index.as_rows()
+    if args.json:
+        print(json.dumps({"model": model.name, "n_layers": len(rows), "n_filters": index.n_filters,
+                          "checksum": index.checksum(), "layers": rows}, indent=2))
+        return 0
+    width = max(len(str(r["name"])) for r in rows)
+    print(f"{'#':>4}  {'layer':<{width}}  {'filters':>7}  {'offset':>7}")
+    for i, r in enumerate(rows):
+        print(f"{i:>4}  {r['name']:<{width}}  {r['filters']:>7}  {r['offset']:>7}")
+    print(f"total: {index.n_filters} filters in {len(rows)} conv layers ({model.name})")
+    return 0
+
+
+# -- psal stats --------------------------------------------------------------------------
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .models import load_model
+    from .store import save_stats, user_helper_objects
+    from .validation import compute_stats
+
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
+    out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    t0 = time.perf_counter()
+    stats, samples = compute_stats(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    save_stats(out, stats, samples=samples)
+    acc = float(samples.correct.mean())
+    print(f"{model.name}: {stats.meta['n']} images from {dataset.description}")
+    print(f"top-1 accuracy {acc:.1%} ({int((~samples.correct).sum())} mistakes); "
+          f"{stats.meta['dead_filters']} of {stats.n_filters} filters have std 0")
+    print(f"{seconds:.1f} s ({seconds / max(1, stats.meta['n']):.3f} s/image) on {model.device}")
+    print(f"wrote {out}/stats.safetensors and meta.json")
+    return 0
+
+
+# -- psal import-legacy ------------------------------------------------------------------
+def cmd_import_legacy(args: argparse.Namespace) -> int:
+    from .kernels.filters import FilterIndex
+    from .models import load_model
+    from .store import import_legacy, load_stats, user_helper_objects
+
+    model = load_model(args.model, random_weights=True, device="meta")
+    index = FilterIndex(model.module)
+    out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    import_legacy(args.file, index=index, model_name=model.name, out_dir=out)
+    stats = load_stats(out, index=index)
+    print(f"imported {stats.n_filters} filters of {model.name} "
+          f"({stats.meta.get('dead_filters')} with std 0) into {out}")
+    return 0
+
+
+# -- psal bench --------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    report = run_bench(args.what, model_name=args.model, repeat=args.repeat, device=args.device,
+                       random_weights=args.random_weights)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from ._types import CAM_METHODS
+
+    parser = argparse.ArgumentParser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_opts(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+        p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default, embedded), a torchvision name or timm:NAME")
+        if weights:
+            p.add_argument("--weights", default=None, help="weights file (.pth/.safetensors) instead of the default place")
+
+    p = sub.add_parser("explain", help="profile, input-space saliency and GradCAM of one image")
+    p.add_argument("image")
+    model_opts(p)
+    p.add_argument("--label", default=None, help="class index, WordNet id or name (default: known label, else prediction)")
+    p.add_argument("--k", type=int, default=10, help="number of top filters to boost (default 10)")
+    p.add_argument("--boost", type=float, default=100.0, help="boost factor of the chosen filters (default 100)")
+    p.add_argument("--filters", default=None, help="comma-separated filter ids to boost instead of the top k")
+    p.add_argument("--mode", choices=["std", "raw", "norm"], default="std", help="what ranks the filters (default std)")
+    p.add_argument("--percentile", type=float, default=90.0, help="threshold percentile of the map (default 90)")
+    p.add_argument("--cam", choices=list(CAM_METHODS), default="gradcam", help="CAM method (default gradcam)")
+    p.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="output folder (default psal_out/IMAGE_STEM)")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("layers", help="list conv layers, filter counts and offsets")
+    model_opts(p, weights=False)
+    p.add_argument("--random-weights", action="store_true", help="accepted for scripts; the layout never needs weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("stats", help="per-filter validation statistics (helper objects) over a dataset")
+    p.add_argument("--data", required=True, help="ImageFolder tree, CSV (file,label) or flat ILSVRC2012 val folder")
+    model_opts(p)
+    p.add_argument("--out", default=None, help="output folder (default: the user cache)")
+    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("import-legacy", help="convert the original code's *_filter_wise.pth statistics")
+    p.add_argument("file")
+    p.add_argument("--model", required=True, help="architecture the file belongs to (resnet50, vgg19, ...)")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_import_legacy)
+
+    p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
+    p.add_argument("what", choices=["kernels"], nargs="?", default="kernels")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("psal: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the single place that turns errors into exit codes
+        if args.debug:
+            raise
+        user_error = isinstance(err, (CliError, ValueError, FileNotFoundError, PermissionError, KeyError, IndexError))
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"psal: error: {message}", file=sys.stderr)
+        if not user_error:
+            print("psal: this looks like a bug; run again with --debug for the traceback", file=sys.stderr)
+        return 2 if user_error else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""One-image analysis: the Python API behind ``psal explain`` and the explorer (returns NumPy).
+
+>>> ex = Explainer()                                  # embedded default model + its statistics
+>>> a = ex.analyze("raw_images/grace_hopper.jpg")     # label: known one, else the prediction
+>>> a.top_filters(10)                                 # the most salient filters
+>>> heat = a.input_map()                              # [224, 224] in [0, 1], top-10 boosted
+>>> heat2 = a.input_map(filters=[17, 2048])           # any filter set: one backward pass
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ._types import CamMethod, Mode, SortedProfile
+from .data import load_image
+from .labels import ilsvrc_val_label
+from .kernels.cam import cam_map
+from .kernels.filters import FilterIndex
+from .kernels.layout import sorted_profile
+from .kernels.saliency import InputSaliency
+from .kernels.stats import FilterStats
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .store import StatsError, default_stats_dir, load_stats
+from .viz.heatmap import saliency_heatmap
+
+__all__ = ["Analysis", "Explainer", "Prediction"]
+
+ImageLike = str | os.PathLike[str] | bytes | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of a top-k list."""
+
+    index: int
+    name: str
+    prob: float
+
+
+class Explainer:
+    """A model, its filter index and its validation statistics, ready to analyze images.
+
+    Parameters
+    ----------
+    model : LoadedModel or str
+        A loaded model or a model name for :func:`psal_widgets.models.load_model`.
+    stats : FilterStats, path, ``"auto"`` or None
+        Validation statistics; ``"auto"`` looks for the model's helper objects
+        ($PSAL_HELPER_OBJECTS, the project's ``helper_objects/``, the user cache).
+    mode : {"std", "raw", "norm", "signed"}
+        Default profile mode; ``std`` and ``norm`` need statistics.
+    device : str, optional
+    weights : path, optional
+        Weights file when ``model`` is a name.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | str = DEFAULT_MODEL,
+        *,
+        stats: FilterStats | str | os.PathLike[str] | None = "auto",
+        mode: Mode = "std",
+        device: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model = load_model(model, weights=weights, device=device) if isinstance(model, str) else model
+        self.index = FilterIndex(self.model.module)
+        self.mode: Mode = mode
+        if stats == "auto":
+            found = default_stats_dir(self.model.name)
+            stats = found if found is not None else None
+        if stats is not None and not isinstance(stats, FilterStats):
+            stats = load_stats(stats, index=self.index, weights_id=self.model.weights_id)
+        self.stats: FilterStats | None = stats
+        if self.stats is None and mode in ("std", "norm"):
+            raise StatsError(
+                f"no validation statistics found for {self.model.name}, and mode {mode!r} needs them: "
+                "compute them with `psal stats --data DIR --model NAME`, pass --stats DIR, "
+                "or use --mode raw"
+            )
+
+    def prepare(self, image: ImageLike) -> tuple[torch.Tensor, np.ndarray]:
+        """Load and preprocess an image.
+
+        Returns
+        -------
+        (Tensor [3, H, W] on the model's device, np.ndarray uint8 [H, W, 3] as the model sees it)
+        """
+        pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+        x = self.model.preprocess(pil).to(self.model.device)
+        return x, self.model.preprocess.display(pil)
+
+    def analyze(
+        self,
+        image: ImageLike | torch.Tensor,
+        *,
+        label: int | str | None = None,
+        mode: Mode | None = None,
+    ) -> Analysis:
+        """Profile one image for ``label`` (index, WordNet id or name; the prediction if None).
+
+        A tensor ``image`` must already be preprocessed, shape [3, H, W].
+        """
+        if isinstance(image, torch.Tensor):
+            x = image.detach().to(self.model.device)
+            shown = self.model.preprocess.denormalize(x.cpu())
+        else:
+            x, shown = self.prepare(image)
+        label_source = "given"
+        if label is None and isinstance(image, (str, os.PathLike)):
+            label = known_label(image)
+            label_source = "known"
+        if label is None:
+            with torch.no_grad():
+                label_idx = int(self.model.module(x.unsqueeze(0)).argmax(dim=1))
+            label_source = "prediction"
+        else:
+            label_idx = self.model.labels.resolve(label)
+            label_source = "known" if label_source == "known" else "given"
+        kernel = InputSaliency(
+            self.model.module, x, label_idx, index=self.index, stats=self.stats, mode=mode or self.mode
+        )
+        return Analysis(self, x, shown, label_idx, label_source, kernel)
+
+
+class Analysis:
+    """Everything about one image and one label; new filter sets reuse the kept graph."""
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        x: torch.Tensor,
+        shown: np.ndarray,
+        label: int,
+        label_source: str,
+        kernel: InputSaliency,
+    ) -> None:
+        self.explainer = explainer
+        self.x = x
+        #: The image as the model sees it, uint8 [H, W, 3].
+        self.image = shown
+        self.label = label
+        self.label_source = label_source
+        self._kernel = kernel
+        #: Profile in the explainer's mode, shape [F].
+        self.profile: np.ndarray = kernel.values.cpu().double().numpy()
+        #: Mean |grad| per filter, shape [F].
+        self.raw: np.ndarray = kernel.raw.cpu().double().numpy()
+        #: Class probabilities, shape [C].
+        self.probs: np.ndarray = torch.softmax(kernel.logits.float(), dim=0).cpu().numpy()
+
+    @property
+    def index(self) -> FilterIndex:
+        return self.explainer.index
+
+    @property
+    def label_name(self) -> str:
+        return self.explainer.model.labels.name(self.label)
+
+    def standardized(self) -> np.ndarray | None:
+        """The standardized profile (whatever the mode), shape [F]; None without statistics."""
+        stats = self.explainer.stats
+        if stats is None:
+            return None
+        return (self.raw - stats.mean.numpy()) / stats.safe_std().numpy()
+
+    def prediction(self, top: int = 5) -> list[Prediction]:
+        """The ``top`` most probable classes, descending."""
+        order = np.argsort(-self.probs)[:top]
+        names = self.explainer.model.labels
+        return [Prediction(int(i), names.name(int(i)), float(self.probs[i])) for i in order]
+
+    def top_filters(self, k: int = 10, *, by: np.ndarray | None = None) -> np.ndarray:
+        """Ids of the ``k`` most salient filters (of ``by`` if given, else the profile), shape [k]."""
+        values = self.profile if by is None else np.asarray(by)
+        if not 1 <= k <= values.shape[0]:
+            raise ValueError(f"k must lie in [1, {values.shape[0]}]; got {k}")
+        return np.argsort(-values, kind="stable")[:k]
+
+    def input_gradient(
+        self, filters: Sequence[int] | np.ndarray | None = None, *, k: int = 10, boost: float = 100.0
+    ) -> np.ndarray:
+        """Signed gradient of the cosine distance w.r.t. the input, shape [3, H, W]."""
+        ids = self.top_filters(k) if filters is None else np.asarray(filters, dtype=np.int64)
+        return self._kernel.gradient(ids, boost=boost).cpu().numpy()
+
+    def input_map(
+        self,
+        filters: Sequence[int] | np.ndarray | None = None,
+        *,
+        k: int = 10,
+        boost: float = 100.0,
+        percentile: float = 90.0,
+    ) -> np.ndarray:
+        """Visual input-saliency map (threshold, clip at 99th percentile, 3x3 blur), [H, W] in [0, 1]."""
+        return saliency_heatmap(self.input_gradient(filters, k=k, boost=boost), percentile=percentile)
+
+    def cam(
+        self, *, method: CamMethod = "gradcam", target: int | str | None = None, layer: str | None = None
+    ) -> np.ndarray:
+        """A CAM map for ``target`` (the predicted class by default), shape [H, W] in [0, 1]."""
+        names = self.explainer.model.labels
+        cls = int(np.argmax(self.probs)) if target is None else names.resolve(target)
+        return cam_map(self.explainer.model.module, self.x, target_class=cls, method=method, layer=layer)
+
+    def sorted_profile(self) -> SortedProfile:
+        """The per-layer sorted layout of the profile (paper Fig. 1/2)."""
+        return sorted_profile(self.profile, self.index)
+
+    def filter_rows(self, ids: np.ndarray) -> list[dict[str, object]]:
+        """``{id, layer, channel, saliency}`` for each filter id."""
+        layers = self.index.layer_names(ids)
+        channels = self.index.channels(ids)
+        return [
+            {"id": int(i), "layer": la, "channel": int(c), "saliency": float(self.profile[i])}
+            for i, la, c in zip(ids, layers, channels)
+        ]
+
+    def release(self) -> None:
+        """Free the kept graph (further input maps then fail)."""
+        self._kernel.release()
+
+
+def known_label(path: str | os.PathLike[str]) -> str | int | None:
+    """The label of an image, if known: a ``labels.csv`` beside it (``file,label``), or its
+    ILSVRC2012 validation file name."""
+    import csv
+
+    p = Path(path)
+    table = p.parent / "labels.csv"
+    if not table.is_file():
+        return ilsvrc_val_label(p.name)
+    with table.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if Path(row.get("file", "")).name == p.name and row.get("label"):
+                return row["label"]
+    return ilsvrc_val_label(p.name)

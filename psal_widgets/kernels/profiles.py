@@ -1,0 +1,199 @@
+"""Filter-wise parameter saliency profiles (paper §2, GUIDE §2).
+
+``s̄(x, y)_k = mean_{i in filter k} |∂L(x, y)/∂θ_i|`` with ``L`` the cross-entropy of the
+logits against label ``y``; standardized against validation statistics by default.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._types import MODES, Mode, Strategy
+from .filters import FilterIndex
+from .stats import FilterStats
+
+__all__ = ["ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize"]
+
+
+@dataclass(frozen=True)
+class ProfileBatch:
+    """Profiles of a batch and the logits of the same forward pass.
+
+    Attributes
+    ----------
+    profiles : Tensor, shape [B, F]
+        The profiles in the requested mode.
+    raw : Tensor, shape [B, F]
+        Mean |grad| per filter (the signed mean for mode ``signed``).
+    logits : Tensor, shape [B, C]
+    """
+
+    profiles: Tensor
+    raw: Tensor
+    logits: Tensor
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, index: FilterIndex) -> Iterator[list[nn.Parameter]]:
+    """Put ``model`` in eval mode with its conv weights requiring grad; restore both afterwards.
+
+    Eval mode matters: batch norm must use its running statistics so that each sample's
+    gradient does not depend on the rest of the batch. Yields the conv weights in index order.
+    """
+    weights = conv_weights(model, index)
+    was_training = model.training
+    flags = [w.requires_grad for w in weights]
+    model.eval()
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        yield weights
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+        model.train(was_training)
+
+
+def conv_weights(model: nn.Module, index: FilterIndex) -> list[nn.Parameter]:
+    """The conv weights of ``model`` in filter-index order."""
+    params = dict(model.named_parameters())
+    return [params[name] for name in index.param_names]
+
+
+def per_filter(grads: Sequence[Tensor], *, signed: bool = False) -> Tensor:
+    """Reduce per-layer weight gradients to one value per filter.
+
+    Parameters
+    ----------
+    grads : sequence of Tensor, each [..., C_out, C_in/groups, kH, kW]
+        Gradients of the conv weights, in index order; leading batch dims are kept.
+    signed : bool
+        Mean of the signed gradient instead of its absolute value.
+
+    Returns
+    -------
+    Tensor, shape [..., F]
+    """
+    parts = []
+    for g in grads:
+        g = g if signed else g.abs()
+        parts.append(g.flatten(start_dim=g.dim() - 3).mean(dim=-1))
+    return torch.cat(parts, dim=-1)
+
+
+def standardize(raw: Tensor, stats: FilterStats | None, mode: Mode) -> Tensor:
+    """Turn a raw profile into the profile of ``mode``; never mutates its inputs.
+
+    Parameters
+    ----------
+    raw : Tensor, shape [..., F]
+    stats : FilterStats or None
+        Needed for ``std`` and ``norm``.
+    mode : {"std", "raw", "norm", "signed"}
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode in ("raw", "signed"):
+        return raw
+    if stats is None:
+        raise ValueError(
+            f"mode {mode!r} needs validation statistics for this model: compute them with "
+            "`psal stats --data DIR`, pass --stats DIR, or use --mode raw"
+        )
+    if stats.n_filters != raw.shape[-1]:
+        raise ValueError(
+            f"the statistics describe {stats.n_filters} filters but the model has {raw.shape[-1]}: "
+            "they belong to another model"
+        )
+    mean = stats.mean.to(device=raw.device, dtype=raw.dtype)
+    if mode == "std":
+        return (raw - mean) / stats.safe_std().to(device=raw.device, dtype=raw.dtype)
+    return raw / stats.safe_mean().to(device=raw.device, dtype=raw.dtype)
+
+
+def _resolve_strategy(strategy: Strategy, device: torch.device) -> str:
+    if strategy == "auto":
+        # Per-sample vmap is slower than a loop on CPU (GUIDE §3) and pays on accelerators.
+        return "loop" if device.type == "cpu" else "vmap"
+    if strategy not in ("loop", "vmap"):
+        raise ValueError(f"unknown strategy {strategy!r}; choose auto, loop or vmap")
+    return strategy
+
+
+def filter_profiles(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor | Sequence[int],
+    *,
+    index: FilterIndex | None = None,
+    stats: FilterStats | None = None,
+    mode: Mode = "std",
+    strategy: Strategy = "auto",
+) -> ProfileBatch:
+    """Parameter-saliency profiles of a batch, one per image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier returning logits [B, C]; used in eval mode, restored afterwards.
+    images : Tensor, shape [B, 3, H, W]
+        Preprocessed (normalized) images on the model's device. Not modified.
+    labels : Tensor or sequence of int, shape [B]
+        Class used in the loss for each image (the true label or any class of interest).
+    index : FilterIndex, optional
+        Built from ``model`` when omitted.
+    stats : FilterStats, optional
+        Validation statistics, needed for ``std`` and ``norm``. Not modified.
+    mode : {"std", "raw", "norm", "signed"}
+    strategy : {"auto", "loop", "vmap"}
+
+    Returns
+    -------
+    ProfileBatch
+        ``profiles`` and ``raw`` of shape [B, F], ``logits`` [B, C], all detached.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [B, 3, H, W]; got {tuple(images.shape)}")
+    index = index or FilterIndex(model)
+    y = torch.as_tensor(labels, dtype=torch.long, device=images.device).reshape(-1)
+    if y.numel() != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {y.numel()} labels")
+    signed = mode == "signed"
+    how = _resolve_strategy(strategy, images.device)
+    with eval_mode(model, index) as weights:
+        if how == "vmap":
+            raw, logits = _profiles_vmap(model, images, y, index, signed)
+        else:
+            raws, outs = [], []
+            for b in range(images.shape[0]):
+                logit = model(images[b : b + 1])
+                loss = F.cross_entropy(logit, y[b : b + 1])
+                grads = torch.autograd.grad(loss, weights)
+                raws.append(per_filter(grads, signed=signed))
+                outs.append(logit.detach())
+            raw, logits = torch.stack(raws), torch.cat(outs)
+    return ProfileBatch(profiles=standardize(raw, stats, mode), raw=raw, logits=logits)
+
+
+def _profiles_vmap(
+    model: nn.Module, images: Tensor, y: Tensor, index: FilterIndex, signed: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-sample gradients with ``torch.func``: one vectorized call for the whole batch."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    wanted = {name: params[name] for name in index.param_names}
+
+    def loss_one(w: dict[str, Tensor], x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        logit = functional_call(model, ({**params, **w}, buffers), (x.unsqueeze(0),))
+        return F.cross_entropy(logit, t.unsqueeze(0)), logit.squeeze(0)
+
+    grads, logits = vmap(grad(loss_one, has_aux=True), in_dims=(None, 0, 0))(wanted, images, y)
+    raw = per_filter([grads[name] for name in index.param_names], signed=signed)
+    return raw.detach(), logits.detach()

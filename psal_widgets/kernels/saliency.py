@@ -1,0 +1,163 @@
+"""Input-space saliency (paper §3.4, GUIDE §2): which pixels make the chosen filters malfunction.
+
+``M_F = |∇_x D_C(ŝ(x, y), s'_F)|`` where ``s'_F`` is the profile with the filters in ``F``
+multiplied by a boost factor (a constant) and ``D_C`` the cosine distance. The profile must be
+differentiable w.r.t. the input, so the parameter gradients are taken with ``create_graph=True``.
+
+One :class:`InputSaliency` object belongs to one image and label: it keeps the differentiable
+profile (its graph) so that each new filter set costs only the second backward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._types import Mode
+from .filters import FilterIndex
+from .profiles import conv_weights, per_filter, standardize
+from .stats import FilterStats
+
+__all__ = ["InputSaliency", "boosted_target", "cosine_distance"]
+
+
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+    """``1 - cos(a, b)`` of two vectors of shape [F]."""
+    return 1.0 - F.cosine_similarity(a, b, dim=0)
+
+
+def boosted_target(profile: Tensor, filters: Tensor, *, boost: float) -> Tensor:
+    """The constant target ``s'_F``: a detached copy of ``profile`` with ``filters`` times ``boost``.
+
+    Parameters
+    ----------
+    profile : Tensor, shape [F]
+    filters : Tensor of int64, shape [K]
+    """
+    target = profile.detach().clone()
+    target[filters] = target[filters] * boost
+    return target
+
+
+class InputSaliency:
+    """Differentiable profile of one image, answering input-gradient queries for filter sets.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Classifier returning logits; must be in eval mode (batch norm on running statistics).
+    image : Tensor, shape [3, H, W] or [1, 3, H, W]
+        Preprocessed image on the model's device. Not modified.
+    label : int
+        Class used in the loss.
+    index : FilterIndex
+    stats : FilterStats, optional
+        Needed for ``mode="std"`` or ``"norm"``.
+    mode : {"std", "raw", "norm", "signed"}
+
+    Notes
+    -----
+    Holding the graph costs memory (a few hundred MB for ResNet-50); call :meth:`release`
+    or use the object as a context manager when done.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image: Tensor,
+        label: int,
+        *,
+        index: FilterIndex,
+        stats: FilterStats | None = None,
+        mode: Mode = "std",
+    ) -> None:
+        if model.training:
+            raise ValueError("put the model in eval mode first (model.eval()): batch norm must not adapt")
+        x = image.detach().clone()
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[0] != 1:
+            raise ValueError(f"image must have shape [3, H, W] or [1, 3, H, W]; got {tuple(image.shape)}")
+        self.index = index
+        self.label = int(label)
+        self._x = x.requires_grad_(True)
+        weights = conv_weights(model, index)
+        flags = [w.requires_grad for w in weights]
+        for w in weights:
+            w.requires_grad_(True)
+        try:
+            logits = model(self._x)
+            loss = F.cross_entropy(logits, torch.tensor([self.label], device=x.device))
+            grads = torch.autograd.grad(loss, weights, create_graph=True)
+        finally:
+            for w, flag in zip(weights, flags):
+                w.requires_grad_(flag)
+        raw = per_filter(grads, signed=mode == "signed")
+        #: The differentiable profile, shape [F] (its graph is kept for later queries).
+        self.profile: Tensor | None = standardize(raw, stats, mode)
+        #: Detached copies for callers.
+        self.values: Tensor = self.profile.detach()
+        self.raw: Tensor = raw.detach()
+        self.logits: Tensor = logits.detach()[0]
+
+    # -- queries -------------------------------------------------------------------------
+    def top_filters(self, k: int = 10) -> Tensor:
+        """Ids of the ``k`` largest profile entries, descending, shape [k]."""
+        if not 1 <= k <= self.values.numel():
+            raise ValueError(f"k must lie in [1, {self.values.numel()}]; got {k}")
+        return torch.topk(self.values, k).indices
+
+    def _filter_tensor(self, filters: Sequence[int] | Tensor | np.ndarray | None, k: int) -> Tensor:
+        if filters is None:
+            return self.top_filters(k)
+        ids = torch.as_tensor(np.asarray(filters, dtype=np.int64), device=self.values.device).reshape(-1)
+        if ids.numel() == 0:
+            raise ValueError("the filter set is empty: pick at least one filter")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.values.numel():
+            raise ValueError(f"filter ids must lie in [0, {self.values.numel()}); got {ids.tolist()}")
+        return torch.unique(ids)
+
+    def gradient(
+        self,
+        filters: Sequence[int] | Tensor | np.ndarray | None = None,
+        *,
+        k: int = 10,
+        boost: float = 100.0,
+    ) -> Tensor:
+        """Signed input gradient of the cosine distance to the boosted profile.
+
+        Parameters
+        ----------
+        filters : sequence of int, optional
+            The filter set ``F``; the top ``k`` filters when omitted.
+        k : int
+        boost : float
+            Factor applied to the entries of ``F`` in the target.
+
+        Returns
+        -------
+        Tensor, shape [3, H, W]
+            ``∇_x D_C(ŝ, s'_F)``; take ``abs()`` (or the viz post-processing) for the map.
+        """
+        if self.profile is None:
+            raise RuntimeError("this InputSaliency was released; build a new one for the image")
+        ids = self._filter_tensor(filters, k)
+        target = boosted_target(self.values, ids, boost=boost)
+        distance = cosine_distance(self.profile, target)
+        # retain_graph: the next filter set reuses the same differentiable profile.
+        (g,) = torch.autograd.grad(distance, self._x, retain_graph=True)
+        return g[0].detach()
+
+    def release(self) -> None:
+        """Drop the kept graph (frees its memory)."""
+        self.profile = None
+        self._x = self._x.detach()
+
+    def __enter__(self) -> InputSaliency:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

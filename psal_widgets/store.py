@@ -1,0 +1,228 @@
+"""Helper objects on disk: filter statistics as safetensors plus a JSON metadata file.
+
+A helper-objects folder holds ``stats.safetensors`` (``mean``, ``std``: float64 [F]; and, when
+computed here, per-sample inference results ``sample_*`` of length n) and ``meta.json``
+(model id and weights checksum, preprocessing, filter-layout checksum, n, dataset, created).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .kernels.filters import FilterIndex
+from .kernels.stats import FilterStats
+
+__all__ = [
+    "FORMAT",
+    "SampleResults",
+    "StatsError",
+    "default_stats_dir",
+    "import_legacy",
+    "load_stats",
+    "save_stats",
+]
+
+FORMAT = "psal-helper-objects/1"
+STATS_FILE = "stats.safetensors"
+META_FILE = "meta.json"
+
+
+class StatsError(ValueError):
+    """Statistics missing, unreadable, or belonging to another model; the message says the fix."""
+
+
+@dataclass(frozen=True)
+class SampleResults:
+    """Per-sample inference results over the statistics' dataset, arrays of shape [n]."""
+
+    label: np.ndarray
+    pred: np.ndarray
+    prob_label: np.ndarray
+    prob_pred: np.ndarray
+    files: list[str]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.label == self.pred
+
+
+def repo_helper_objects() -> Path:
+    """The project's ``helper_objects/`` folder (next to the package in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "helper_objects"
+
+
+def user_helper_objects() -> Path:
+    """Per-user folder for statistics that ``psal stats`` writes by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "psal_widgets" / "helper_objects"
+
+
+def _safe_name(model_name: str) -> str:
+    return model_name.replace(":", "_").replace("/", "_")
+
+
+def default_stats_dir(model_name: str) -> Path | None:
+    """First existing statistics folder for a model: $PSAL_HELPER_OBJECTS, the repo's, the user's."""
+    roots = [Path(p) for p in os.environ.get("PSAL_HELPER_OBJECTS", "").split(os.pathsep) if p]
+    roots += [repo_helper_objects(), user_helper_objects()]
+    for root in roots:
+        candidate = root / _safe_name(model_name)
+        if (candidate / STATS_FILE).is_file():
+            return candidate
+    return None
+
+
+def layout_meta(index: FilterIndex) -> dict[str, Any]:
+    return {"checksum": index.checksum(), "n_filters": index.n_filters, "n_layers": len(index.layers)}
+
+
+def save_stats(
+    out_dir: str | os.PathLike[str],
+    stats: FilterStats,
+    *,
+    samples: SampleResults | None = None,
+) -> Path:
+    """Write ``stats.safetensors`` and ``meta.json`` into ``out_dir`` (created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {"mean": stats.mean.to(torch.float64).contiguous(), "std": stats.std.to(torch.float64).contiguous()}
+    meta = dict(stats.meta)
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if samples is not None:
+        tensors["sample_label"] = torch.as_tensor(samples.label, dtype=torch.int64)
+        tensors["sample_pred"] = torch.as_tensor(samples.pred, dtype=torch.int64)
+        tensors["sample_prob_label"] = torch.as_tensor(samples.prob_label, dtype=torch.float32)
+        tensors["sample_prob_pred"] = torch.as_tensor(samples.prob_pred, dtype=torch.float32)
+        meta["files"] = list(samples.files)
+        meta["accuracy"] = float(np.mean(samples.correct)) if len(samples.files) else None
+    save_file(tensors, str(out / STATS_FILE), metadata={"format": FORMAT})
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_stats(
+    stats_dir: str | os.PathLike[str],
+    *,
+    index: FilterIndex | None = None,
+    weights_id: str | None = None,
+) -> FilterStats:
+    """Read statistics and check that they belong to the model.
+
+    Parameters
+    ----------
+    stats_dir : path
+        A helper-objects folder (or its ``stats.safetensors``).
+    index : FilterIndex, optional
+        The model's filter index; the stored layout must match it.
+    weights_id : str, optional
+        The model's weights checksum; refused when both are known and differ.
+
+    Raises
+    ------
+    StatsError
+    """
+    path = Path(stats_dir)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    tensor_file = folder / STATS_FILE
+    if not tensor_file.is_file():
+        raise StatsError(
+            f"no statistics at {folder} (expected {STATS_FILE} and {META_FILE}); "
+            "compute them with `psal stats --data DIR --out DIR`"
+        )
+    try:
+        tensors = load_file(str(tensor_file))
+        meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    except Exception as err:  # noqa: BLE001 - any reader failure means unusable statistics
+        raise StatsError(f"cannot read statistics in {folder}: {err}") from err
+    if "mean" not in tensors or "std" not in tensors:
+        raise StatsError(f"{tensor_file} has no 'mean'/'std' tensors: not a psal statistics file")
+    stats = FilterStats(tensors["mean"].to(torch.float64), tensors["std"].to(torch.float64), meta)
+    if index is not None:
+        stored = meta.get("layout", {})
+        if stats.n_filters != index.n_filters or (
+            stored.get("checksum") not in (None, index.checksum())
+        ):
+            raise StatsError(
+                f"the statistics in {folder} were made for {meta.get('model', 'another model')} "
+                f"({stats.n_filters} filters, layout {stored.get('checksum', '?')}); this model has "
+                f"{index.n_filters} filters (layout {index.checksum()}). Use the statistics of this "
+                "model, or compute them with `psal stats --data DIR`"
+            )
+    stored_weights = meta.get("weights_id")
+    if (
+        weights_id
+        and stored_weights
+        and not weights_id.startswith("random:")
+        and not stored_weights.startswith("random:")
+        and stored_weights != weights_id
+    ):
+        raise StatsError(
+            f"the statistics in {folder} were computed with other weights ({stored_weights}) than "
+            f"this model's ({weights_id}); recompute them with `psal stats --data DIR` for these weights"
+        )
+    return stats
+
+
+def load_samples(stats_dir: str | os.PathLike[str]) -> SampleResults | None:
+    """Per-sample results stored with the statistics, or ``None`` when there are none."""
+    folder = Path(stats_dir)
+    tensors = load_file(str(folder / STATS_FILE))
+    if "sample_label" not in tensors:
+        return None
+    meta = json.loads((folder / META_FILE).read_text())
+    return SampleResults(
+        label=tensors["sample_label"].numpy(),
+        pred=tensors["sample_pred"].numpy(),
+        prob_label=tensors["sample_prob_label"].numpy(),
+        prob_pred=tensors["sample_prob_pred"].numpy(),
+        files=list(meta.get("files", [])),
+    )
+
+
+def import_legacy(
+    path: str | os.PathLike[str],
+    *,
+    index: FilterIndex,
+    model_name: str,
+    out_dir: str | os.PathLike[str],
+) -> Path:
+    """Convert an original-code statistics file (``{'mean', 'std'}`` tensors) to our format.
+
+    The file is read with ``weights_only=True`` (no code is unpickled) and its length checked
+    against the model's filter layout before anything is written.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise StatsError(f"legacy statistics file not found: {src}")
+    try:
+        data = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise StatsError(f"cannot read {src} as a torch file of tensors: {err}") from err
+    if not isinstance(data, dict) or not {"mean", "std"} <= set(data):
+        raise StatsError(f"{src} is not a legacy statistics file: expected a dict with 'mean' and 'std'")
+    mean = torch.as_tensor(data["mean"]).detach().to(torch.float64).reshape(-1).clone()
+    std = torch.as_tensor(data["std"]).detach().to(torch.float64).reshape(-1).clone()
+    if mean.numel() != index.n_filters or std.numel() != index.n_filters:
+        raise StatsError(
+            f"{src} holds {mean.numel()} filters but {model_name} has {index.n_filters}: "
+            "it belongs to another architecture"
+        )
+    meta = {
+        "model": model_name,
+        "weights_id": None,
+        "layout": layout_meta(index),
+        "n": None,
+        "dataset": "ImageNet validation set (original code's statistics)",
+        "source": f"imported from {src.name}",
+        "dead_filters": int((std <= 1e-14).sum()),
+    }
+    return save_stats(out_dir, FilterStats(mean, std, meta))

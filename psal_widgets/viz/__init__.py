@@ -1,0 +1,15 @@
+"""Visualisation layer: NumPy, OpenCV and matplotlib only (never torch)."""
+from __future__ import annotations
+
+from .heatmap import COLORMAPS, mask_top_percent, overlay, saliency_heatmap
+from .static import image_png, profile_png, triptych_png
+
+__all__ = [
+    "COLORMAPS",
+    "image_png",
+    "mask_top_percent",
+    "overlay",
+    "profile_png",
+    "saliency_heatmap",
+    "triptych_png",
+]
