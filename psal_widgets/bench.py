@@ -78,10 +78,19 @@ def _bench_kernels(model_name: str, *, repeat: int, device: str | None, random_w
 
     res["saliency_new_image_s"] = time_median(new_image, repeat=repeat, sync=sync)
     res["saliency_new_filter_set_s"] = time_median(new_filter_set, repeat=repeat, sync=sync)
+    from .kernels.basis import SaliencyBasis
+
+    t0 = time.perf_counter()
+    basis = SaliencyBasis(kernel)
+    candidates = kernel.top_filters(10).tolist()
+    basis.add(candidates)
+    res["basis_build_10_s"] = time.perf_counter() - t0
+    res["basis_filter_set_s"] = time_median(lambda: basis.gradient(candidates[:5]), repeat=repeat * 4, sync=sync)
     kernel.release()
     res["ratio_original_over_conv_only"] = res["profile_original_s"] / res["profile_conv_only_s"]
     res["ratio_vmap_over_loop"] = res["profile_batch8_vmap_s_per_img"] / res["profile_batch8_loop_s_per_img"]
     res["ratio_new_image_over_new_set"] = res["saliency_new_image_s"] / res["saliency_new_filter_set_s"]
+    res["ratio_new_set_over_basis"] = res["saliency_new_filter_set_s"] / res["basis_filter_set_s"]
     return res
 
 
@@ -100,9 +109,12 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
         ("profile, batch of 8, vmap (per image)", res["profile_batch8_vmap_s_per_img"]),
         ("input saliency, new image", res["saliency_new_image_s"]),
         ("input saliency, new filter set, same image", res["saliency_new_filter_set_s"]),
+        ("basis maps for 10 candidate filters (once per image)", res["basis_build_10_s"]),
+        ("input saliency, filter set from the basis", res["basis_filter_set_s"]),
     ]
     for name, sec in rows:
         print(f"  {name:<52} {sec * 1000:9.1f} ms")
     print(f"  ratios: original/ours {res['ratio_original_over_conv_only']:.2f}, vmap/loop "
-          f"{res['ratio_vmap_over_loop']:.2f}, new image/new set {res['ratio_new_image_over_new_set']:.2f}")
+          f"{res['ratio_vmap_over_loop']:.2f}, new image/new set {res['ratio_new_image_over_new_set']:.2f}, "
+          f"new set/basis {res['ratio_new_set_over_basis']:.0f}")
     return res

@@ -143,7 +143,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
     t0 = time.perf_counter()
-    stats, samples = compute_stats(model, dataset, batch_size=args.batch_size, progress=not args.quiet)
+    stats, samples = compute_stats(model, dataset, batch_size=args.batch_size, progress=not args.quiet,
+                                   keep_profiles=args.profiles)
     seconds = time.perf_counter() - t0
     save_stats(out, stats, samples=samples)
     acc = float(samples.correct.mean())
@@ -151,7 +152,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(f"top-1 accuracy {acc:.1%} ({int((~samples.correct).sum())} mistakes); "
           f"{stats.meta['dead_filters']} of {stats.n_filters} filters have std 0")
     print(f"{seconds:.1f} s ({seconds / max(1, stats.meta['n']):.3f} s/image) on {model.device}")
-    print(f"wrote {out}/stats.safetensors and meta.json")
+    print(f"wrote {out}/stats.safetensors and meta.json" + (" and profiles.safetensors" if args.profiles else ""))
     return 0
 
 
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--profiles", action="store_true",
+                   help="also keep every image's profile (profiles.safetensors, float16) for neighbour search")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("import-legacy", help="convert the original code's *_filter_wise.pth statistics")

@@ -32,6 +32,7 @@ __all__ = [
 
 FORMAT = "psal-helper-objects/1"
 STATS_FILE = "stats.safetensors"
+PROFILES_FILE = "profiles.safetensors"
 META_FILE = "meta.json"
 
 
@@ -48,6 +49,8 @@ class SampleResults:
     prob_label: np.ndarray
     prob_pred: np.ndarray
     files: list[str]
+    #: Raw profiles of the samples, float16 [n, F], when kept for neighbour search.
+    profiles: np.ndarray | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -105,6 +108,10 @@ def save_stats(
         meta["files"] = list(samples.files)
         meta["accuracy"] = float(np.mean(samples.correct)) if len(samples.files) else None
     save_file(tensors, str(out / STATS_FILE), metadata={"format": FORMAT})
+    if samples is not None and samples.profiles is not None:
+        # Kept apart: large ([n, F] float16) and only needed for nearest-neighbour search.
+        save_file({"raw": torch.as_tensor(samples.profiles).contiguous()}, str(out / PROFILES_FILE))
+        meta["profiles"] = PROFILES_FILE
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -179,7 +186,10 @@ def load_samples(stats_dir: str | os.PathLike[str]) -> SampleResults | None:
     if "sample_label" not in tensors:
         return None
     meta = json.loads((folder / META_FILE).read_text())
+    profiles_path = folder / PROFILES_FILE
+    profiles = load_file(str(profiles_path))["raw"].numpy() if profiles_path.is_file() else None
     return SampleResults(
+        profiles=profiles,
         label=tensors["sample_label"].numpy(),
         pred=tensors["sample_pred"].numpy(),
         prob_label=tensors["sample_prob_label"].numpy(),

@@ -29,6 +29,7 @@ def compute_stats(
     strategy: Strategy = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    keep_profiles: bool = False,
 ) -> tuple[FilterStats, SampleResults]:
     """Per-filter mean and std of the raw profile over ``dataset``, streamed in float64.
 
@@ -38,7 +39,10 @@ def compute_stats(
     dataset : LabeledImages
         Its ``preprocess`` is replaced by the model's (statistics depend on it).
     batch_size : int
-        Images per step; memory stays O(F) whatever the dataset size.
+        Images per step; memory stays O(F) whatever the dataset size...
+    keep_profiles : bool
+        ...unless the raw profiles are kept too (float16, [n, F]) for nearest-neighbour search;
+        they come back as ``samples.profiles``.
 
     Returns
     -------
@@ -52,12 +56,14 @@ def compute_stats(
     ds = replace(dataset, preprocess=model.preprocess)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     moments = RunningMoments(index.n_filters)
-    preds, prob_label, prob_pred = [], [], []
+    preds, prob_label, prob_pred, kept = [], [], [], []
     bar = tqdm(total=len(ds), desc=f"stats {model.name}", unit="img", disable=not progress)
     for images, labels in loader:
         images = images.to(model.device)
         batch = filter_profiles(model.module, images, labels, index=index, mode="raw", strategy=strategy)
         moments.update(batch.raw)
+        if keep_profiles:
+            kept.append(batch.raw.to(device="cpu", dtype=torch.float16))
         probs = torch.softmax(batch.logits.float(), dim=1).cpu()
         top = probs.max(dim=1)
         preds.append(top.indices.numpy())
@@ -71,6 +77,7 @@ def compute_stats(
         prob_label=np.concatenate(prob_label).astype(np.float32),
         prob_pred=np.concatenate(prob_pred).astype(np.float32),
         files=ds.relative_files(),
+        profiles=torch.cat(kept).numpy() if keep_profiles else None,
     )
     meta = {
         "model": model.name,

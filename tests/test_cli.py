@@ -122,9 +122,15 @@ def test_statistics_of_another_model_are_refused(tmp_path):
 @pytest.mark.data
 @pytest.mark.slow
 def test_stats_command_on_a_few_images(tmp_path):
-    run = psal("stats", "--data", str(VAL800 / "labels.csv"), "--limit", "6", "--out", str(tmp_path), "--quiet")
+    run = psal("stats", "--data", str(VAL800 / "labels.csv"), "--limit", "6", "--out", str(tmp_path), "--quiet",
+               "--profiles")
     assert run.returncode == 0, run.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["n"] == 6 and meta["model"] == "efficientnet_lite0" and len(meta["files"]) == 6
     assert meta["layout"]["n_filters"] == 21008
     assert str(VAL800.parent) not in json.dumps(meta)  # no machine paths in helper objects
+    from psal_widgets.store import load_samples
+
+    samples = load_samples(tmp_path)
+    assert samples.profiles.shape == (6, 21008) and samples.profiles.dtype == "float16"
+    assert len(samples.files) == 6 and (samples.prob_label <= samples.prob_pred + 1e-6).all()

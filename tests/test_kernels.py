@@ -236,3 +236,21 @@ def test_sorted_profile_layout(tiny):
         assert np.all((xs > pos) & (xs < pos + 1))
     assert sp.rank[sp.filter_id == 8][0] == 0  # the largest value has global rank 0
     assert sp.layer_names == ["conv1", "dw", "pw"]
+
+
+def test_basis_maps_reproduce_the_direct_gradient():
+    from psal_widgets.kernels.basis import SaliencyBasis
+
+    net = make_tiny(dtype=torch.float64)
+    torch.manual_seed(6)
+    x = torch.randn(3, 6, 6, dtype=torch.float64)
+    stats = FilterStats(torch.rand(13, dtype=torch.float64) * 0.01, torch.rand(13, dtype=torch.float64) * 0.01 + 0.001)
+    kernel = InputSaliency(net, x, 2, index=FilterIndex(net), stats=stats)
+    basis = SaliencyBasis(kernel)
+    basis.add([5, 1, 12, 3], chunk=3)
+    assert basis.candidates == [5, 1, 12, 3] and basis.covers([1, 3]) and not basis.covers([0])
+    for filters, boost in (([1, 3], 100.0), ([12], 7.0), ([5, 1, 12, 3], 100.0)):
+        torch.testing.assert_close(basis.gradient(filters, boost=boost), kernel.gradient(filters, boost=boost),
+                                   rtol=1e-9, atol=1e-14)
+    with pytest.raises(KeyError, match="add"):
+        basis.gradient([0])

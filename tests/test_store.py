@@ -33,7 +33,8 @@ def test_round_trip_with_samples(tmp_path):
     index = FilterIndex(make_tiny())
     stats = _stats(index)
     samples = SampleResults(np.array([0, 1, 2]), np.array([0, 2, 2]), np.array([0.9, 0.1, 0.5], np.float32),
-                            np.array([0.9, 0.7, 0.5], np.float32), ["a.jpg", "b.jpg", "c.jpg"])
+                            np.array([0.9, 0.7, 0.5], np.float32), ["a.jpg", "b.jpg", "c.jpg"],
+                           profiles=np.arange(39, dtype=np.float16).reshape(3, 13))
     save_stats(tmp_path / "h", stats, samples=samples)
     meta = json.loads((tmp_path / "h" / "meta.json").read_text())
     assert meta["format"] == "psal-helper-objects/1" and meta["files"] == ["a.jpg", "b.jpg", "c.jpg"]
@@ -43,6 +44,8 @@ def test_round_trip_with_samples(tmp_path):
     assert torch.equal(back.mean, stats.mean) and torch.equal(back.std, stats.std)
     got = load_samples(tmp_path / "h")
     np.testing.assert_array_equal(got.correct, [True, False, True])
+    np.testing.assert_array_equal(got.profiles, np.arange(39, dtype=np.float16).reshape(3, 13))
+    assert meta["profiles"] == "profiles.safetensors"
 
 
 def test_mismatches_are_refused_with_a_clear_message(tmp_path):

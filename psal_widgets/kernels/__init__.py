@@ -3,6 +3,7 @@
 Usable on its own, without any widget: filter index, profiles, statistics, input saliency,
 CAM adapter and the sorted layout of a profile.
 """
+from .basis import SaliencyBasis
 from .cam import cam_map, conv_layer_names, default_cam_layer
 from .device import pick_device
 from .filters import ConvLayer, FilterIndex
@@ -18,6 +19,7 @@ __all__ = [
     "InputSaliency",
     "ProfileBatch",
     "RunningMoments",
+    "SaliencyBasis",
     "boosted_target",
     "cam_map",
     "conv_layer_names",
