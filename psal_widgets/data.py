@@ -296,6 +296,31 @@ class Preprocess:
         """
         return np.array(self._geometry(img), dtype=np.uint8)
 
+    def normalize(self, array: np.ndarray) -> torch.Tensor:
+        """Model input for an image that is already resized and cropped (normalization only).
+
+        ``normalize(display(img))`` equals ``self(img)`` exactly: used to send edited display
+        images (e.g. with masked regions) back to the model.
+
+        Parameters
+        ----------
+        array : np.ndarray, shape [H, W, 3], uint8
+            RGB pixels, e.g. from :meth:`display`.
+
+        Returns
+        -------
+        torch.Tensor, shape [3, H, W], float32
+            ``(pixel / 255 - mean) / std``.
+        """
+        arr = np.asarray(array)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(
+                f"expected a uint8 RGB array of shape [H, W, 3], got {arr.dtype} {arr.shape}"
+            )
+        # torch.tensor copies: the source may be a read-only view (e.g. a session's image).
+        x = torch.tensor(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        return TF.normalize(x, list(self.mean), list(self.std))
+
     def denormalize(self, x: torch.Tensor) -> np.ndarray:
         """Undo the normalization of a preprocessed image.
 

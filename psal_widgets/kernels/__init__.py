@@ -1,13 +1,15 @@
 """The GPU kernel module: all torch compute of psal_widgets, on CUDA/MPS when present, else CPU.
 
 Usable on its own, without any widget: filter index, profiles, statistics, input saliency,
-CAM adapter and the sorted layout of a profile.
+CAM adapter, the sorted layout of a profile, turning filters off and neighbour search.
 """
 from .basis import SaliencyBasis
 from .cam import cam_map, conv_layer_names, default_cam_layer
 from .device import pick_device
 from .filters import ConvLayer, FilterIndex
+from .interventions import FilterPruner, find_conv_batchnorms, pruned_parameters, select_filters
 from .layout import sorted_profile
+from .neighbours import cosine_neighbours, layer_columns, standardize_bank
 from .profiles import ProfileBatch, filter_profiles, per_filter, standardize
 from .saliency import InputSaliency, boosted_target, cosine_distance
 from .stats import FilterStats, RunningMoments
@@ -15,6 +17,7 @@ from .stats import FilterStats, RunningMoments
 __all__ = [
     "ConvLayer",
     "FilterIndex",
+    "FilterPruner",
     "FilterStats",
     "InputSaliency",
     "ProfileBatch",
@@ -24,10 +27,16 @@ __all__ = [
     "cam_map",
     "conv_layer_names",
     "cosine_distance",
+    "cosine_neighbours",
     "default_cam_layer",
     "filter_profiles",
+    "find_conv_batchnorms",
+    "layer_columns",
     "per_filter",
     "pick_device",
+    "pruned_parameters",
+    "select_filters",
     "sorted_profile",
     "standardize",
+    "standardize_bank",
 ]

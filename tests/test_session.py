@@ -1,0 +1,372 @@
+"""The explorer's middle tier (Session) with the real default model, and the neighbour kernel."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from psal_widgets.data import ImageError
+from psal_widgets.kernels import FilterIndex
+from psal_widgets.kernels.neighbours import cosine_neighbours, layer_columns, standardize_bank
+from psal_widgets.labels import UnknownLabelError
+from psal_widgets.session import Session, SessionError, Stroke
+from psal_widgets.store import StatsError
+
+from .conftest import ROOT, VAL800, make_tiny, needs_data
+
+GRACE = ROOT / "raw_images" / "grace_hopper.jpg"
+
+
+# -- neighbour kernel (fast, NumPy references) --------------------------------------------------
+def _loop_cosine(q: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    out = []
+    for row in bank:
+        out.append(float(np.dot(q, row) / (np.linalg.norm(q) * np.linalg.norm(row))))
+    return np.array(out)
+
+
+def test_neighbours_match_a_plain_loop_and_layer_slicing():
+    index = FilterIndex(make_tiny())  # layers: conv1 0..3, dw 4..7, pw 8..12
+    rng = np.random.default_rng(0)
+    raw = rng.gamma(2.0, 1.0, size=(30, 13)).astype(np.float16)
+    mean, std = rng.uniform(1, 2, 13), rng.uniform(0.5, 1.5, 13)
+    std[5] = 0.0  # a dead filter is divided by 1
+    bank = standardize_bank(raw, mean, std)
+    safe = np.where(std == 0, 1.0, std)
+    np.testing.assert_allclose(bank, (raw.astype(np.float64) - mean) / safe, rtol=1e-6, atol=1e-6)
+    query = rng.normal(size=13)
+
+    idx, sims = cosine_neighbours(query, bank, k=5)
+    ref = _loop_cosine(query, bank.astype(np.float64))
+    np.testing.assert_array_equal(idx, np.argsort(-ref)[:5])
+    np.testing.assert_allclose(sims, ref[idx], rtol=1e-5)
+
+    cols = layer_columns(index, (1, 2))
+    assert cols == slice(4, 13)
+    idx2, sims2 = cosine_neighbours(query, bank, k=30, columns=cols)
+    ref2 = _loop_cosine(query[4:13], bank[:, 4:13].astype(np.float64))
+    np.testing.assert_array_equal(idx2, np.argsort(-ref2))
+    np.testing.assert_allclose(sims2, ref2[idx2], rtol=1e-5)
+    assert layer_columns(index, (0, 0)) == slice(0, 4)
+    assert layer_columns(index, (-1, -1)) == slice(8, 13)
+
+    best = int(idx[0])
+    idx3, _ = cosine_neighbours(query, bank, k=5, exclude=[best])
+    assert best not in idx3 and len(idx3) == 5
+    with pytest.raises(ValueError, match="first <= last"):
+        layer_columns(index, (2, 1))
+    with pytest.raises(ValueError, match="another model"):
+        standardize_bank(raw[:, :5], mean, std)
+
+
+# -- Session with the real default model ----------------------------------------------------------
+@pytest.fixture
+def session(default_explainer) -> Session:
+    return Session(model=default_explainer, image=GRACE)
+
+
+@pytest.mark.slow
+def test_initial_state_is_the_known_label_and_top_k(session):
+    s = session
+    assert s.image_name == "grace_hopper.jpg"
+    assert s.label_name == "military uniform" and s.label_source == "known"
+    assert s.image.shape == (224, 224, 3) and s.image.dtype == np.uint8
+    np.testing.assert_array_equal(s.image, s.original)
+    top = s.prediction(5)
+    assert top[0]["name"] == "academic gown"  # GUIDE §3: a real mistake
+    assert [t["prob"] for t in top] == sorted((t["prob"] for t in top), reverse=True)
+    profile = s.profile()
+    assert profile.shape == (s.n_filters,)
+    assert s.filters == np.argsort(-profile, kind="stable")[:10].tolist()
+    info = s.filter_info(s.filters[0])
+    assert info["rank"] == 0 and info["saliency"] == pytest.approx(profile.max())
+    layout = s.layout()
+    assert layout.rank[layout.filter_id == s.filters[1]] == 1
+    assert s.masks == [] and s.cam_layers()[-1] == "conv_head"
+    with pytest.raises(SessionError, match="data="):
+        s.dataset_rows()
+    with pytest.raises(SessionError, match="data="):
+        s.neighbours()
+
+
+@pytest.mark.slow
+def test_filter_edits_bump_the_version(session):
+    s = session
+    f0 = s.filters
+    v = s.version
+    extra = next(i for i in range(100) if i not in f0)
+    assert s.toggle_filter(extra) == [*f0, extra] and s.version == v + 1
+    assert s.toggle_filter(f0[0]) == [*f0[1:], extra] and s.version == v + 2
+    assert s.add_filters([extra, 5, 5]) == [*f0[1:], extra] + ([5] if 5 not in f0 else [])
+    v = s.version
+    assert s.set_filters([3, 1, 3]) == [1, 3][::-1] and s.version == v + 1
+    assert s.set_filters([3, 1]) == [3, 1] and s.version == v + 1  # no change, no bump
+    s.set_boost(50)
+    s.set_percentile(80)
+    assert s.version == v + 3 and (s.boost, s.percentile) == (50.0, 80.0)
+    s.set_k(3)
+    assert s.filters == f0[:3] and s.k == 3
+    with pytest.raises(ValueError, match="out of range"):
+        s.toggle_filter(s.n_filters)
+    with pytest.raises(ValueError, match="percentile"):
+        s.set_percentile(99.5)
+    with pytest.raises(ValueError, match="boost"):
+        s.set_boost(0)
+
+
+@pytest.mark.slow
+def test_map_equals_the_analysis_map_and_follows_F(session, default_explainer):
+    s = session
+    heat = s.input_map()
+    assert heat.shape == (224, 224) and heat.dtype == np.float32
+    reference = default_explainer.analyze(GRACE, label="military uniform")
+    try:
+        expected = reference.input_map(filters=s.filters)
+    finally:
+        reference.release()
+    np.testing.assert_allclose(heat, expected, atol=1e-5)
+    np.testing.assert_array_equal(s.input_map(), heat)  # cached, same answer
+    s.set_filters(s.filters[:3])
+    assert not np.allclose(s.input_map(), heat)
+    s.set_percentile(95)
+    assert (s.input_map() == 0).mean() > (heat == 0).mean()  # a higher threshold zeroes more
+    assert np.all(s.input_map([]) == 0)
+    over = s.input_overlay()
+    assert over.shape == (224, 224, 3) and over.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_brush_then_undo_restores_exactly(session):
+    s = session
+    probs0, profile0, f0, v0 = s.probabilities(), s.profile(), s.filters, s.version
+    report = s.brush(Stroke(kind="box", points=[(50, 60), (125, 105)], fill="mean"))
+    assert report["masked_pixels"] == 75 * 45
+    assert set(report) >= {"before", "after", "filters"}
+    assert report["before"]["prob_label"] == pytest.approx(probs0[s.label])
+    assert report["pred"]["name"] == "academic gown"
+    assert report["before"]["prob_pred"] == pytest.approx(probs0.max())
+    assert report["after"]["prob_label"] == pytest.approx(s.probabilities()[s.label])
+    assert report["after"]["prob_label"] != report["before"]["prob_label"]
+    assert [r["id"] for r in report["filters"]] == f0 == s.filters
+    r0 = report["filters"][0]
+    assert r0["before"] == pytest.approx(profile0[f0[0]])
+    assert r0["change_pct"] == pytest.approx((r0["after"] - r0["before"]) / abs(r0["before"]) * 100)
+    # Only the box changed, to the model's mean colour (normalized value 0).
+    changed = np.any(s.image != s.original, axis=2)
+    assert not changed[:60].any() and not changed[105:].any() and not changed[:, 125:].any()
+    assert (s.image[60:105, 50:125] == 127).all()
+    assert len(s.masks) == 1 and s.version > v0
+
+    s.brush(Stroke(kind="lasso", points=[(10, 10), (60, 15), (30, 50)], fill="blur"))
+    assert len(s.masks) == 2
+    s.undo_mask()
+    s.undo_mask()
+    assert s.undo_mask() is None
+    np.testing.assert_array_equal(s.image, s.original)
+    np.testing.assert_array_equal(s.probabilities(), probs0)
+    np.testing.assert_array_equal(s.profile(), profile0)
+    assert s.masks == [] and s.filters == f0
+
+
+@pytest.mark.slow
+def test_reset_and_top_percent_masks(session):
+    s = session
+    probs0 = s.probabilities()
+    report = s.mask_top_percent(5)
+    assert report["masked_pixels"] == round(0.05 * 224 * 224)
+    assert s.masks[-1].kind == "pixels" and s.masks[-1].note == "top 5%"
+    s.brush(Stroke(kind="box", points=[(0, 0), (30, 30)], fill="black"))
+    assert (s.image[:30, :30] == 0).all()
+    s.reset_mask()
+    assert s.masks == []
+    np.testing.assert_array_equal(s.image, s.original)
+    np.testing.assert_array_equal(s.probabilities(), probs0)
+    with pytest.raises(ValueError, match="no pixel"):
+        s.brush(Stroke(kind="box", points=[(5, 5), (5, 5)]))
+    with pytest.raises(ValueError, match="at least 3 points"):
+        s.brush(Stroke(kind="lasso", points=[(5, 5), (9, 9)]))
+
+
+@pytest.mark.slow
+def test_prune_kinds_leave_the_model_untouched(session):
+    s = session
+    before = {k: v.clone() for k, v in s.model.module.state_dict().items()}
+    salient = s.prune("salient")
+    random = s.prune("random", seed=1)
+    least = s.prune("least", n=5)
+    for r in (salient, random, least):
+        assert set(r) >= {"kind", "filters", "prediction", "prob_label", "top1"}
+        assert r["prob_label"][0] == pytest.approx(s.probabilities()[s.label])
+        assert len(r["prediction"]) == 5
+    assert salient["filters"] == s.filters and len(random["filters"]) == len(s.filters)
+    assert least["filters"] == np.argsort(s.profile(), kind="stable")[:5].tolist()
+    assert (
+        random["filters"]
+        == s.prune("random", seed=1)["filters"]
+        != s.prune("random", seed=2)["filters"]
+    )
+    assert salient["top1"][0]["name"] == "academic gown"
+    assert salient["prob_label"][1] != salient["prob_label"][0]
+    for k, v in s.model.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.slow
+def test_label_changes_and_typos(session):
+    s = session
+    v = s.version
+    with pytest.raises(UnknownLabelError) as err:
+        s.set_label("militery uniform")
+    assert any(name == "military uniform" for _, name in err.value.suggestions)
+    assert s.version == v and s.label_name == "military uniform"
+    s.set_label("academic gown")
+    assert s.label_name == "academic gown" and s.label_source == "given" and s.version > v
+    assert s.filters == np.argsort(-s.profile(), kind="stable")[:10].tolist()
+    s.set_label(None)
+    assert s.label_name == "military uniform" and s.label_source == "known"
+
+
+@pytest.mark.slow
+def test_bad_images_keep_the_state(session, tmp_path):
+    s = session
+    v, name, image = s.version, s.image_name, s.image.copy()
+    with pytest.raises(ImageError):
+        s.set_image(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("shopping list: milk, eggs")
+    with pytest.raises(ImageError, match="text"):
+        s.set_image(fake)
+    assert (s.version, s.image_name) == (v, name)
+    np.testing.assert_array_equal(s.image, image)
+    s.set_image((ROOT / "raw_images" / "coffee.png").read_bytes(), name="cup.png")
+    assert (
+        s.image_name == "cup.png" and s.label_source == "prediction" and s.label_name == "espresso"
+    )
+
+
+@pytest.mark.slow
+def test_export_writes_the_files(session, tmp_path):
+    s = session
+    paths = s.export(tmp_path / "out")
+    names = {p.name for p in paths}
+    assert names >= {"profile.csv", "filters.json", "input_map.png", "overlay.png", "gradcam.png"}
+    with (tmp_path / "out" / "profile.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == s.n_filters and list(rows[0]) == [
+        "id",
+        "layer",
+        "channel",
+        "saliency",
+        "raw",
+    ]
+    top = rows[s.filters[0]]
+    assert float(top["saliency"]) == pytest.approx(s.profile()[s.filters[0]])
+    meta = json.loads((tmp_path / "out" / "filters.json").read_text())
+    assert [f["id"] for f in meta["filters"]] == s.filters
+    assert meta["k"] == 10 and meta["boost"] == 100.0 and meta["model"] == "efficientnet_lite0"
+    for png in ("input_map.png", "overlay.png", "gradcam.png"):
+        img = cv2.imread(str(tmp_path / "out" / png), cv2.IMREAD_UNCHANGED)
+        assert img is not None and img.shape[:2] == (224, 224)
+
+
+# -- dataset browser and neighbours (shared data) -------------------------------------------------
+def _subset_csv(folder, rows):
+    """A labels CSV listing some of the shared images by absolute path (nothing is copied)."""
+    path = folder / "labels.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        for file, label in rows:
+            writer.writerow([str(VAL800 / file), label])
+    return path
+
+
+def _val_rows():
+    with (VAL800 / "labels.csv").open(newline="") as fh:
+        return [(r["file"], r["label"]) for r in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_dataset_rows_and_filters(default_explainer):
+    s = Session(model=default_explainer, data=VAL800 / "labels.csv", image=GRACE)
+    rows = s.dataset_rows()
+    assert len(rows) == 800 and rows[0]["file"] == _val_rows()[0][0]
+    wrong = s.dataset_rows(only="incorrect")
+    assert len(wrong) == 147  # GUIDE §3: 81.6% top-1, 147 mistakes
+    assert all(not r["correct"] and r["pred"] != r["label"] for r in wrong)
+    assert len(s.dataset_rows(only="correct")) == 800 - 147
+    canoe = s.dataset_rows(cls="canoe")
+    assert canoe and all(r["label_name"] == "canoe" for r in canoe)
+    first = wrong[0]
+    s.open_dataset_image(first["i"])
+    assert s.dataset_index == first["i"] and s.label == first["label"] and s.label_source == "known"
+    assert s.prediction(1)[0]["index"] == first["pred"]
+    with pytest.raises(StatsError, match="--profiles"):
+        s.neighbours()  # the shipped helper objects keep no profiles
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_stats_of_another_dataset_are_refused(default_explainer, tmp_path):
+    csv_path = _subset_csv(tmp_path, _val_rows()[:3])
+    with pytest.raises(StatsError, match="psal stats --data"):
+        Session(model=default_explainer, data=csv_path, image=GRACE)
+
+
+@pytest.fixture(scope="module")
+def small_index(default_explainer, tmp_path_factory):
+    """Helper objects with profiles over 24 shared images, computed here."""
+    from psal_widgets.data import open_dataset
+    from psal_widgets.store import save_stats
+    from psal_widgets.validation import compute_stats
+
+    folder = tmp_path_factory.mktemp("small")
+    rows = _val_rows()[::33][:24]
+    csv_path = _subset_csv(folder, rows)
+    model = default_explainer.model
+    ds = open_dataset(csv_path, labels=model.labels, preprocess=model.preprocess)
+    stats, samples = compute_stats(model, ds, batch_size=8, progress=False, keep_profiles=True)
+    out = save_stats(folder / "helper", stats, samples=samples)
+    return csv_path, out
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_neighbours_against_numpy(default_explainer, small_index):
+    from safetensors.numpy import load_file
+
+    csv_path, helper = small_index
+    s = Session(model=default_explainer, data=csv_path, data_stats=helper, image=GRACE)
+    raw = load_file(str(helper / "profiles.safetensors"))["raw"].astype(np.float64)
+    stats = default_explainer.stats
+    bank = (raw - stats.mean.numpy()) / stats.safe_std().numpy()
+
+    s.open_dataset_image(3)
+    query = s.profile()  # standardized (the default mode)
+    found = s.neighbours(k=5)
+    ref = _loop_cosine(query, bank)
+    ref[3] = -np.inf  # the image itself is left out
+    assert [r["i"] for r in found] == np.argsort(-ref)[:5].tolist()
+    np.testing.assert_allclose([r["similarity"] for r in found], np.sort(ref)[::-1][:5], rtol=1e-4)
+    # Sanity: the stored profile of the same image is (almost) the query itself.
+    assert _loop_cosine(query, bank[3:4])[0] > 0.99
+
+    index = default_explainer.index
+    lo, hi = index.layers[40].offset, index.layers[48].offset + index.layers[48].n_filters
+    deep = s.neighbours(k=24, layers=(40, 48))
+    ref_deep = _loop_cosine(query[lo:hi], bank[:, lo:hi])
+    ref_deep[3] = -np.inf
+    assert [r["i"] for r in deep] == np.argsort(-ref_deep)[:23].tolist()
+    np.testing.assert_allclose(
+        [r["similarity"] for r in deep], np.sort(ref_deep)[::-1][:23], rtol=1e-4
+    )
+    assert set(found[0]) >= {"i", "file", "label_name", "pred_name", "correct", "similarity"}
