@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
-#   make explore   # install into .venv, explain a raw image (the dashboard comes with the explorer issue)
-#   make test      # install into .venv (with test tools) and run the test suite
+#   make explore   # install into .venv and serve the explorer dashboard (Voila) on 127.0.0.1
+#   make test      # install into .venv (with test tools and Chromium) and run the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: explore test install install-test bench clean
+.PHONY: explore explain test install install-test bench clean
+# Extra options for `psal dashboard`, e.g. make explore ARGS="--port 8866 --data val/labels.csv"
+ARGS ?=
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +30,19 @@ install: $(STAMP)
 install-test: $(TEST_STAMP)
 
 explore: $(STAMP)
+	$(BIN)/psal dashboard $(ARGS)
+
+explain: $(STAMP)
 	$(BIN)/psal explain raw_images/grace_hopper.jpg --out psal_out/grace_hopper
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/psal bench kernels
+bench: $(TEST_STAMP)
+	mkdir -p psal_out
+	$(BIN)/psal bench kernels --json psal_out/bench-kernels.json
+	$(BIN)/psal bench click --json psal_out/bench-click.json
+	$(BIN)/psal bench dashboard --json psal_out/bench-dashboard.json
 
 clean:
 	rm -rf psal_out .pytest_cache

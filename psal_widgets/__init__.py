@@ -26,6 +26,7 @@ _EXPORTS = {
     "load_image": "psal_widgets.data",
     "Preprocess": "psal_widgets.data",
     "imagenet_labels": "psal_widgets.labels",
+    "Explorer": "psal_widgets.widgets",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -5,6 +5,7 @@ compared run side by side in the same process, so their ratio is what to read.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -94,11 +95,168 @@ def _bench_kernels(model_name: str, *, repeat: int, device: str | None, random_w
     return res
 
 
+def _summary(times: list[float]) -> dict[str, float]:
+    """Median, 90th percentile and maximum of a list of durations (seconds)."""
+    arr = sorted(times)
+    p90 = arr[min(len(arr) - 1, int(math.ceil(0.9 * len(arr))) - 1)]
+    return {"median_s": statistics.median(arr), "p90_s": p90, "max_s": arr[-1], "n": len(arr)}
+
+
+def _click_targets(profile: Any, filters: list[int], n: int, *, seed: int = 0) -> list[int]:
+    """``n`` distinct filters outside F: alternately the most salient left and a random one.
+
+    The salient ones are what a user clicks in the chart (outliers at the top); random ones
+    are the worst case (far from any precomputed candidate).
+    """
+    import numpy as np
+
+    taken = set(filters)
+    order = [int(i) for i in np.argsort(-np.nan_to_num(np.asarray(profile, dtype=np.float64), nan=-np.inf))
+             if int(i) not in taken]
+    rng = np.random.default_rng(seed)
+    top, rest = order[: n], order[n:]
+    randoms = [int(i) for i in rng.choice(rest, size=min(n, len(rest)), replace=False)]
+    out: list[int] = []
+    for a, b in zip(top, randoms, strict=False):
+        out += [a, b]
+    return out[:n]
+
+
+def _bench_click(model_name: str, *, clicks: int, device: str | None, random_weights: bool) -> dict[str, Any]:
+    """Filter click -> new map shown, in process (no browser): the explorer's own latency."""
+    from .widgets import Explorer
+
+    model: Any = model_name
+    if random_weights:
+        from .models import load_model
+
+        model = load_model(model_name, random_weights=True, device=device)
+    t0 = time.perf_counter()
+    app = Explorer(model=model, device=None if random_weights else device)
+    app.wait_idle(timeout=600)
+    res: dict[str, Any] = {"model": model_name, "threads": torch.get_num_threads(), "clicks": clicks,
+                           "explorer_ready_s": time.perf_counter() - t0}
+    s = app.session
+    targets = _click_targets(s.profile(), list(s.filters), clicks + 1)
+
+    def click(fid: int) -> tuple[float, float]:
+        """(click -> new map shown, click -> every queued job done)."""
+        version = app.map_version
+        t = time.perf_counter()
+        app.profile_panel.on_point_click([fid])
+        deadline = t + 600
+        while app.map_version <= version:  # map_version moves when the new map is on screen
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"clicking filter {fid} showed no new map within 600 s")
+            time.sleep(0.002)
+        shown = time.perf_counter() - t
+        app.wait_idle(timeout=600)
+        return shown, time.perf_counter() - t
+
+    click(targets[0])  # warm-up
+    pairs = [click(fid) for fid in targets[1:]]
+    times = [a for a, _ in pairs]
+    res["click_to_map"] = _summary(times)
+    res["click_to_map_salient"] = _summary(times[1::2] or times)  # targets[1:] starts with a random one
+    res["click_to_map_random"] = _summary(times[0::2])
+    res["click_to_idle"] = _summary([b for _, b in pairs])
+    app.close()
+    res["device"] = str(s.explainer.model.device)
+    return res
+
+
+def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle_s: float = 0.0,
+                     preheat: bool = True) -> dict[str, Any]:
+    """``psal dashboard`` in Chromium: page open -> interactive chart, then clicks -> new map."""
+    from playwright.sync_api import sync_playwright
+
+    from .dashboard import BLOCKED_URL, CHROMIUM_ARGS, PROFILE_POINT_JS, chromium_path, launch
+    from .models import DEFAULT_MODEL
+
+    chromium = chromium_path()
+    if chromium is None:
+        raise RuntimeError("psal bench dashboard needs Debian's Chromium: apt-get install chromium")
+    res: dict[str, Any] = {"model": model_name, "clicks": clicks, "preheat": preheat, "settle_s": settle_s}
+    t0 = time.perf_counter()
+    dash = launch(model=None if model_name == DEFAULT_MODEL else model_name, device=device, quiet=True,
+                  check=False, preheat=preheat)
+    try:
+        res["launch_to_http_s"] = time.perf_counter() - t0
+        time.sleep(settle_s)  # > 0: a visitor arriving after the kernel was preheated
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.route(BLOCKED_URL, lambda route: route.abort())
+            t1 = time.perf_counter()
+            page.goto(dash.url, timeout=600_000)
+            page.wait_for_selector(".psal-profile .js-plotly-plot", timeout=600_000)
+            res["page_to_chart_s"] = time.perf_counter() - t1
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.psal-ready')].some(e => e.innerText.trim() === 'ready')",
+                timeout=600_000)
+            res["page_to_ready_s"] = time.perf_counter() - t1
+            res["launch_to_ready_s"] = time.perf_counter() - t0
+            times: list[float] = []
+            for _ in range(clicks + 1):  # the first is a warm-up
+                f_text = page.inner_text(".psal-selected")
+                avoid = sorted(int(t) for t in f_text.split("F =", 1)[-1].replace(",", " ").split() if t.isdigit())
+                src = page.get_attribute(".psal-map", "src")
+                point = page.evaluate(PROFILE_POINT_JS, [0, avoid])
+                if point is None:
+                    raise RuntimeError("no point to click in the profile chart")
+                page.mouse.move(point["x"], point["y"])
+                t = time.perf_counter()
+                page.mouse.click(point["x"], point["y"])
+                page.wait_for_function("([old]) => document.querySelector('.psal-map').getAttribute('src') !== old",
+                                       arg=[src], timeout=120_000, polling=20)
+                times.append(time.perf_counter() - t)
+            res["browser_click_to_map"] = _summary(times[1:])
+            browser.close()
+    finally:
+        dash.stop()
+    return res
+
+
 def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None = None,
-              random_weights: bool = False) -> dict[str, Any]:
-    """Run a benchmark, print a table and return the figures."""
+              random_weights: bool = False, clicks: int = 10) -> dict[str, Any]:
+    """Run a benchmark, print a table and return the figures.
+
+    ``kernels``: the compute core (``repeat`` runs each). ``click``: filter click -> new map in
+    the explorer, in process (``clicks`` timed clicks). ``dashboard``: ``psal dashboard`` in
+    Chromium, page open -> interactive chart and ``clicks`` clicks -> new map.
+    """
+    if clicks < 1:
+        raise ValueError(f"--clicks must be at least 1, got {clicks}")
+    if what == "click":
+        res = _bench_click(model_name, clicks=clicks, device=device, random_weights=random_weights)
+        c = res["click_to_map"]
+        print(f"psal bench click: {res['model']} on {res['device']} ({res['threads']} threads), explorer in process, "
+              f"{c['n']} clicks after one warm-up")
+        print(f"  {'explorer built, first map shown':<46} {res['explorer_ready_s']:9.2f} s")
+        for key, name in (("click_to_map", "click -> map shown, all"), ("click_to_map_salient", "  salient filters"),
+                          ("click_to_map_random", "  random filters"),
+                          ("click_to_idle", "click -> all queued work done")):
+            c = res[key]
+            print(f"  {name:<46} median {c['median_s']:6.3f} s  p90 {c['p90_s']:6.3f} s  max {c['max_s']:6.3f} s")
+        print(f"  target: median <= 1.5 s -> {'met' if res['click_to_map']['median_s'] <= 1.5 else 'MISSED'}")
+        return res
+    if what == "dashboard":
+        res = _bench_dashboard(model_name, clicks=clicks, device=device)
+        c = res["browser_click_to_map"]
+        print(f"psal bench dashboard: {res['model']} in Voila + Chromium (preheated kernel), page opened as soon "
+              "as the server answered")
+        print(f"  {'launch -> HTTP answers':<46} {res['launch_to_http_s']:9.2f} s")
+        print(f"  {'page open -> profile chart drawn':<46} {res['page_to_chart_s']:9.2f} s")
+        print(f"  {'page open -> ready (first map shown)':<46} {res['page_to_ready_s']:9.2f} s")
+        print(f"  {'launch -> ready':<46} {res['launch_to_ready_s']:9.2f} s")
+        print(f"  {'click in chart -> new map in page':<46} median {c['median_s']:6.3f} s  p90 {c['p90_s']:6.3f} s "
+              f"(n={c['n']})")
+        ok_page = res["page_to_ready_s"] <= 20.0
+        print(f"  targets: page -> interactive <= 20 s {'met' if ok_page else 'MISSED'}; "
+              f"click -> map median <= 1.5 s {'met' if c['median_s'] <= 1.5 else 'MISSED'}")
+        return res
     if what != "kernels":
-        raise ValueError(f"unknown benchmark {what!r}; available: kernels")
+        raise ValueError(f"unknown benchmark {what!r}; available: kernels, click, dashboard")
     res = _bench_kernels(model_name, repeat=repeat, device=device, random_weights=random_weights)
     print(f"psal bench kernels: {res['model']} on {res['device']} ({res['threads']} threads), "
           f"{res['n_filters']} filters, median of {repeat} after warm-up")

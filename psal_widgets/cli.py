@@ -1,4 +1,5 @@
-"""The ``psal`` command: explain an image, list layers, compute or import statistics, benchmark.
+"""The ``psal`` command: explain an image, list layers, compute or import statistics, serve the
+explorer as a web page, benchmark.
 
 Every failure caused by the input ends with a one-line error and a non-zero exit code;
 ``--debug`` shows the traceback instead.
@@ -172,12 +173,38 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- psal dashboard ----------------------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import signal
+
+    from .dashboard import DashboardError, launch
+
+    # A plain `kill` of this command must stop Voila too (it runs in its own process group).
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
+                      open_browser=args.open, preheat=not args.no_preheat)
+    except DashboardError as err:
+        raise CliError(str(err)) from err
+    print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
+    try:
+        code = dash.wait()
+    except KeyboardInterrupt:
+        dash.stop()
+        print("psal dashboard: stopped", flush=True)
+        return 0
+    raise CliError(f"Voila stopped by itself (exit code {code}); see {dash.log_path}")
+
+
 # -- psal bench --------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     report = run_bench(args.what, model_name=args.model, repeat=args.repeat, device=args.device,
-                       random_weights=args.random_weights)
+                       random_weights=args.random_weights, clicks=args.clicks)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -235,12 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_import_legacy)
 
+    p = sub.add_parser("dashboard", help="serve the interactive explorer as a web page (Voila) on 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument("--model", default=None, help="efficientnet_lite0 (default), a torchvision name or timm:NAME")
+    p.add_argument("--image", default=None, help="image to open first (default: the first of raw_images/)")
+    p.add_argument("--data", default=None,
+                   help="labelled image set for the dataset browser and neighbours (CSV, ImageFolder, ILSVRC val)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    p.add_argument("--no-preheat", action="store_true",
+                   help="do not prepare the explorer before the first visit (saves memory, slower first page)")
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
-    p.add_argument("what", choices=["kernels"], nargs="?", default="kernels")
+    p.add_argument("what", choices=["kernels", "click", "dashboard"], nargs="?", default="kernels",
+                   help="kernels (compute core), click (filter click -> new map, in process), "
+                        "dashboard (page load and clicks in Chromium)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default=None)
+    p.add_argument("--clicks", type=int, default=10, help="timed filter clicks (click, dashboard; default 10)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -1,0 +1,457 @@
+"""Serve the explorer as a stand-alone web page: Voila running ``notebooks/dashboard.ipynb``.
+
+The notebook is one import and one call (``Explorer.from_env()``); everything the user chooses
+on the command line reaches it through environment variables (:data:`ENV_VARS`), because a
+Voila kernel takes no arguments. :func:`launch` checks the inputs, starts Voila as a child
+process of this Python on 127.0.0.1, waits until the port answers and returns a
+:class:`Dashboard` handle (URL, process, ``stop()``).
+
+This module imports neither torch nor the widgets: ``psal dashboard`` starts Voila at once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import webbrowser
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ENV_VARS",
+    "NOTEBOOK_NAME",
+    "Dashboard",
+    "DashboardError",
+    "check_inputs",
+    "check_paths",
+    "dashboard_env",
+    "find_notebook",
+    "free_port",
+    "launch",
+    "notebook_json",
+    "voila_command",
+]
+
+#: Name of the notebook Voila serves (in ``notebooks/`` of a source checkout).
+NOTEBOOK_NAME = "dashboard.ipynb"
+
+#: Launch option -> environment variable read by ``Explorer.from_env()``.
+ENV_VARS: dict[str, str] = {
+    "model": "PSAL_MODEL",
+    "image": "PSAL_IMAGE",
+    "data": "PSAL_DATA",
+    "device": "PSAL_DEVICE",
+}
+
+HOST = "127.0.0.1"
+
+# The code cell of the served notebook. Voila shows outputs only (sources are stripped), so
+# the comment is for whoever opens the file in Jupyter.
+_CODE = (
+    "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
+    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE (unset = the defaults).\n"
+    "from psal_widgets import Explorer\n"
+    "\n"
+    "Explorer.from_env()"
+)
+
+
+class DashboardError(RuntimeError):
+    """The dashboard cannot start; the message names the problem and the fix."""
+
+
+def notebook_json() -> str:
+    """Text of the dashboard notebook, exactly as committed in ``notebooks/dashboard.ipynb``.
+
+    Clean (no outputs, ``execution_count`` null) and bound to the ``python3`` kernel, so the
+    copy written to a cache folder for a non-editable install is the same file.
+    """
+    lines = _CODE.split("\n")
+    source = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    nb = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "dashboard-explorer",
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            }
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+            "title": "Parameter-space saliency explorer",
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "psal_widgets" / "dashboard"
+
+
+def find_notebook(*, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The notebook Voila serves.
+
+    In a source checkout (editable install) that is ``notebooks/dashboard.ipynb`` next to the
+    package; otherwise the same notebook is written to ``cache_dir`` (default
+    ``$XDG_CACHE_HOME/psal_widgets/dashboard``) and that copy is returned.
+    """
+    repo_copy = Path(__file__).resolve().parent.parent / "notebooks" / NOTEBOOK_NAME
+    if cache_dir is None and repo_copy.is_file():
+        return repo_copy
+    folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / NOTEBOOK_NAME
+    text = notebook_json()
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as servers (tornado) set it: a port whose last connections are in
+        # TIME_WAIT is free for a new server, and must count as free here too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_paths(*, image: str | os.PathLike[str] | None = None,
+                data: str | os.PathLike[str] | None = None) -> None:
+    """Cheap checks (no torch): the image is an existing file, the data path exists.
+
+    Raises
+    ------
+    FileNotFoundError
+        With a one-line message naming the option, the path and the fix.
+    """
+    if image is not None:
+        p = Path(image).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"--image {image}: no such file; give the path of a photo (JPEG, PNG...)")
+        if not p.is_file():
+            raise FileNotFoundError(f"--image {image}: is a folder, not an image file; "
+                                    "use --data for a folder of images")
+    if data is not None:
+        p = Path(data).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"--data {data}: no such file or folder; give a CSV (file,label), "
+                                    "an ImageFolder tree or a flat ILSVRC2012 val folder")
+
+
+def check_inputs(*, model: str | None = None, image: str | os.PathLike[str] | None = None,
+                 device: str | None = None) -> None:
+    """Thorough checks that need torch: the image decodes, the model name and device exist.
+
+    Costs the torch import (seconds); :func:`launch` runs it while Voila boots. The model is
+    built on the ``meta`` device, so no weights are read.
+
+    Raises
+    ------
+    ValueError
+        ``ImageError``, ``ModelError`` or a device error, with the library's message.
+    """
+    # Imported only when needed: with nothing to check, torch is never imported.
+    if image is not None:
+        from .data import load_image
+
+        load_image(Path(image).expanduser())
+    if device is not None:
+        from .kernels.device import pick_device
+
+        pick_device(device)
+    if model is not None:
+        from .models import load_model
+
+        load_model(model, random_weights=True, device="meta")
+
+
+def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | None = None,
+                  data: str | os.PathLike[str] | None = None, device: str | None = None,
+                  base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of the Voila process: ``base`` (default ``os.environ``) plus ``PSAL_*``.
+
+    Paths are made absolute because the kernel runs in the notebook's folder. Options left
+    at ``None`` are removed from the environment, so an inherited value cannot leak in.
+    """
+    env = dict(os.environ if base is None else base)
+    values = {
+        "model": model,
+        "image": None if image is None else str(Path(image).expanduser().resolve()),
+        "data": None if data is None else str(Path(data).expanduser().resolve()),
+        "device": device,
+    }
+    for key, var in ENV_VARS.items():
+        if values[key] is None:
+            env.pop(var, None)
+        else:
+            env[var] = str(values[key])
+    return env
+
+
+def voila_command(notebook: str | os.PathLike[str], *, port: int, preheat: bool = True,
+                  fill_delay: float = 60.0, python: str | None = None) -> list[str]:
+    """Command line that serves ``notebook`` on ``127.0.0.1:port``.
+
+    Parameters
+    ----------
+    preheat : bool
+        Run the notebook in a waiting kernel before anyone visits, so the page opens on a
+        ready explorer (Voila's ``preheat_kernel``).
+    fill_delay : float
+        Seconds before Voila starts the next waiting kernel once one is taken. That kernel
+        runs the whole notebook (model load, first analysis); delaying it keeps the CPU for
+        the visitor's first clicks.
+    python : str, optional
+        Interpreter (default: this one, so Voila and its kernel share this environment).
+    """
+    cmd = [
+        python or sys.executable, "-m", "voila", str(notebook),
+        "--no-browser",
+        f"--port={int(port)}",
+        # `--ip` is silently ignored by Voila 0.5; the trait must be named in full.
+        f"--Voila.ip={HOST}",
+        # Fail instead of silently moving to another port (the URL we print would be wrong).
+        "--Voila.port_retries=0",
+        # A local, single-user tool: show the real error if the notebook fails.
+        "--show_tracebacks=True",
+    ]
+    if preheat:
+        cmd += ["--preheat_kernel=True", "--pool_size=1", f"--VoilaKernelManager.fill_delay={float(fill_delay)}"]
+    return cmd
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+@dataclass
+class Dashboard:
+    """A running dashboard: Voila serving the explorer at :attr:`url`."""
+
+    process: subprocess.Popen
+    url: str
+    port: int
+    notebook: Path
+    log_path: Path
+    command: list[str] = field(default_factory=list)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """Stop Voila and its kernels; returns the exit code.
+
+        SIGTERM lets Voila shut its kernels down (they run in sessions of their own, so only
+        Voila can stop them); if Voila has not exited after ``timeout`` seconds, it and its
+        process group are killed.
+        """
+        proc = self.process
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            if os.name == "posix":
+                try:  # the group started for Voila (start_new_session) and nothing else
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            proc.kill()
+        return proc.wait()
+
+    def wait(self) -> int:
+        """Block until Voila exits; returns its exit code."""
+        return self.process.wait()
+
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait_http(proc: subprocess.Popen, port: int, *, timeout: float, log_path: Path) -> None:
+    # Not "/": with a preheated kernel that request would take the waiting kernel. Any HTTP
+    # answer (even 404) from a static path proves the server is up.
+    probe = f"http://{HOST}:{port}/voila/static/favicon.ico"
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise DashboardError(f"Voila exited with code {code} before serving; log {log_path}:\n"
+                                 + _tail(log_path))
+        try:
+            with urllib.request.urlopen(probe, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise DashboardError(f"Voila did not answer on port {port} within {timeout:.0f} s; log {log_path}:\n"
+                                 + _tail(log_path))
+        time.sleep(0.2)
+
+
+def launch(*, port: int | None = None, model: str | None = None, image: str | os.PathLike[str] | None = None,
+           data: str | os.PathLike[str] | None = None, device: str | None = None, open_browser: bool = False,
+           notebook: str | os.PathLike[str] | None = None, preheat: bool = True, fill_delay: float = 60.0,
+           check: bool = True, timeout: float = 60.0, log_path: str | os.PathLike[str] | None = None,
+           extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
+           quiet: bool = False) -> Dashboard:
+    """Start the dashboard on ``127.0.0.1`` and return once the HTTP port answers.
+
+    Parameters
+    ----------
+    port : int, optional
+        Port to serve on; a free one when omitted. A busy port is an error.
+    model, image, data, device : optional
+        Passed to ``Explorer.from_env()`` as ``PSAL_MODEL`` / ``PSAL_IMAGE`` / ``PSAL_DATA`` /
+        ``PSAL_DEVICE``; ``None`` keeps the explorer's default.
+    open_browser : bool
+        Open the URL in the default web browser once the server answers.
+    notebook : path, optional
+        Serve another notebook instead of the dashboard (tests, custom layouts).
+    preheat, fill_delay
+        See :func:`voila_command`.
+    check : bool
+        Also run :func:`check_inputs` (image decodes, model and device exist) while Voila
+        boots; on failure Voila is stopped and the error re-raised.
+    timeout : float
+        Seconds to wait for the port to answer.
+    log_path : path, optional
+        Where Voila's output goes (default: a file in the temporary folder).
+    quiet : bool
+        Do not print the URL.
+
+    Returns
+    -------
+    Dashboard
+        ``.url``, ``.process``, ``.stop()``; also a context manager that stops Voila.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Bad inputs (before anything starts, or while Voila boots for ``check``).
+    DashboardError
+        Busy port, Voila failing to start or not answering in time.
+    """
+    check_paths(image=image, data=data)
+    nb = Path(notebook).expanduser().resolve() if notebook is not None else find_notebook()
+    if not nb.is_file():
+        raise FileNotFoundError(f"notebook {nb} not found")
+    if port is None:
+        port = free_port()
+    elif not 0 < int(port) < 65536:
+        raise ValueError(f"--port {port}: give a TCP port between 1 and 65535")
+    elif _port_in_use(int(port)):
+        raise DashboardError(f"port {port} on {HOST} is already in use; choose another --port or leave it out")
+    port = int(port)
+    env = dashboard_env(model=model, image=image, data=data, device=device)
+    env.update(extra_env or {})
+    cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay) + list(extra_args)
+    log = Path(log_path) if log_path is not None else Path(tempfile.gettempdir()) / f"psal-dashboard-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as fh:
+        # Own session: a Ctrl-C in the terminal reaches only the parent, which then stops
+        # Voila in order (SIGTERM, Voila shuts its kernels down), and stop() can kill the
+        # whole group if Voila hangs.
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=nb.parent, start_new_session=True)
+    dash = Dashboard(proc, f"http://{HOST}:{port}/", port, nb, log, cmd)
+    try:
+        if check:
+            check_inputs(model=model, image=image, device=device)
+        _wait_http(proc, port, timeout=timeout, log_path=log)
+    except BaseException:
+        dash.stop(timeout=5)
+        raise
+    if not quiet:
+        print(f"psal dashboard: serving {nb.name} at {dash.url}", flush=True)
+    if open_browser:
+        webbrowser.open(dash.url)
+    return dash
+
+
+# -- driving the page from a browser (``psal bench dashboard``, tests/test_browser.py) ----------
+#: Flags for Debian's Chromium driven by Playwright: headless in a container, no background traffic.
+CHROMIUM_ARGS: tuple[str, ...] = (
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+)
+#: Voila's template asks this CDN for a font stylesheet; abort it when there is no network.
+BLOCKED_URL = "**/cdn.jsdelivr.net/**"
+BLOCKED_HOST = "cdn.jsdelivr.net"
+
+#: JavaScript for ``page.evaluate(PROFILE_POINT_JS, [rank, avoid])``: viewport position of a marker
+#: of the profile chart, from plotly's own axis transforms (scattergl draws on a canvas, so there
+#: is no element per point to click). It picks the ``rank``-th highest point of the first trace
+#: with markers, skipping filter ids in ``avoid`` when the trace carries ids as ``customdata``.
+#: Returns ``{x, y, id, n}`` (``id`` null without customdata) or null.
+PROFILE_POINT_JS = """
+([rank, avoid]) => {
+  const gd = document.querySelector('.psal-profile .js-plotly-plot');
+  if (!gd || !gd._fullLayout) return null;
+  gd.scrollIntoView({block: 'center'});
+  const box = gd.getBoundingClientRect();
+  const full = gd._fullLayout;
+  for (const tr of gd._fullData) {
+    if (!tr.visible || !tr.x || !tr.x.length || !(tr.mode || '').includes('markers')) continue;
+    const xa = full[(tr.xaxis || 'x').replace('x', 'xaxis')];
+    const ya = full[(tr.yaxis || 'y').replace('y', 'yaxis')];
+    // customdata rows may be typed arrays (of BigInt for int64): Number() takes both.
+    const id = i => {
+      const row = tr.customdata ? tr.customdata[i] : null;
+      return row == null ? null : Number(typeof row === 'object' ? row[0] : row);
+    };
+    const order = [...Array(tr.y.length).keys()]
+      .filter(i => Number.isFinite(Number(tr.y[i])) && (id(i) === null || !avoid.includes(id(i))))
+      .sort((a, b) => tr.y[b] - tr.y[a]);
+    if (!order.length) continue;
+    const i = order[Math.min(rank, order.length - 1)];
+    const px = xa._offset + xa.l2p(xa.d2l ? xa.d2l(tr.x[i]) : tr.x[i]);
+    const py = ya._offset + ya.l2p(ya.d2l ? ya.d2l(tr.y[i]) : tr.y[i]);
+    return {x: box.left + px, y: box.top + py, id: id(i), n: tr.x.length};
+  }
+  return null;
+}
+"""
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (``apt-get install chromium``), or ``None`` when not installed."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,0 +1,327 @@
+"""NumPy -> plotly figure pieces for the interactive profile chart (paper Fig. 1/2 layout).
+
+Plain dicts of NumPy arrays, no torch and no ipywidgets: the widget tier passes them to
+``plotly.graph_objects.FigureWidget(data=..., layout=...)`` and to ``trace.update(...)``.
+
+The chart has two traces:
+
+0. ``profile``: every filter, per-layer sorted (21,008 points for the default model), a
+   ``scattergl`` trace. Its ``customdata`` rows are ``[filter_id, channel, rank]`` so that a
+   click or a selection maps straight back to filter ids.
+1. ``boosted``: the points of the boosted set F drawn on top, larger, in a contrasting colour,
+   in the order of F (point ``j`` of this trace is filter ``F[j]``).
+
+Layer boundaries are layout shapes (one vertical line between two layers), layer names the
+x tick labels at each layer's centre.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._types import SortedProfile
+
+__all__ = [
+    "HOVER_TEMPLATE",
+    "PROFILE_TRACE",
+    "HIGHLIGHT_TRACE",
+    "highlight_update",
+    "layer_shapes",
+    "point_channels",
+    "positions_of",
+    "profile_figure",
+    "profile_layout",
+    "profile_update",
+]
+
+#: Trace positions in the figure (the widget relies on this order).
+PROFILE_TRACE = 0
+HIGHLIGHT_TRACE = 1
+
+_POINT_COLOR = "#4c72b0"
+_HIGHLIGHT_COLOR = "#e8453c"
+
+#: Hover text: layer name (``text``), channel, saliency, rank and flat filter id.
+HOVER_TEMPLATE = (
+    "<b>%{text}</b> channel %{customdata[1]}<br>"
+    "saliency %{y:.3f}<br>rank %{customdata[2]}<br>filter id %{customdata[0]}"
+    "<extra></extra>"
+)
+
+
+def _arrays(
+    profile: SortedProfile,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The profile's arrays, flattened and checked to have one entry per filter."""
+    x = np.asarray(profile.x, dtype=np.float64).reshape(-1)
+    y = np.asarray(profile.y, dtype=np.float64).reshape(-1)
+    ids = np.asarray(profile.filter_id, dtype=np.int64).reshape(-1)
+    layer = np.asarray(profile.layer, dtype=np.int64).reshape(-1)
+    rank = np.asarray(profile.rank, dtype=np.int64).reshape(-1)
+    if not (x.shape == y.shape == ids.shape == layer.shape == rank.shape):
+        raise ValueError(
+            f"profile arrays differ in length: x {x.shape}, y {y.shape}, filter_id {ids.shape}, "
+            f"layer {layer.shape}, rank {rank.shape}"
+        )
+    if x.size == 0:
+        raise ValueError("profile is empty: nothing to plot")
+    return x, y, ids, layer, rank
+
+
+def _n_layers(profile: SortedProfile, layer: np.ndarray) -> int:
+    return max(len(profile.layer_names), int(layer.max()) + 1)
+
+
+def point_channels(profile: SortedProfile) -> np.ndarray:
+    """Channel of every point inside its layer.
+
+    Layers occupy contiguous filter-id ranges, so a layer's first id is the smallest id among
+    its points and ``channel = filter_id - first id``.
+
+    Returns
+    -------
+    np.ndarray, shape [F], int64
+    """
+    _, _, ids, layer, _ = _arrays(profile)
+    first = np.full(int(layer.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, layer, ids)
+    return ids - first[layer]
+
+
+def positions_of(profile: SortedProfile, filter_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Point positions (indices into the profile arrays) of the given filter ids, in their order.
+
+    Parameters
+    ----------
+    profile : SortedProfile
+    filter_ids : sequence of int, length K
+
+    Returns
+    -------
+    np.ndarray, shape [K], int64
+
+    Raises
+    ------
+    ValueError
+        For an id that is not in the profile.
+    """
+    _, _, ids, _, _ = _arrays(profile)
+    wanted = np.asarray(filter_ids, dtype=np.int64).reshape(-1)
+    pos = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+    pos[ids] = np.arange(ids.size)
+    bad = wanted[(wanted < 0) | (wanted >= pos.size)]
+    if bad.size == 0:
+        bad = wanted[pos[wanted] < 0]
+    if bad.size:
+        raise ValueError(
+            f"filter ids not in the profile: {bad.tolist()[:10]} (valid: 0-{ids.max()})"
+        )
+    return pos[wanted]
+
+
+def _customdata(profile: SortedProfile) -> np.ndarray:
+    _, _, ids, _, rank = _arrays(profile)
+    return np.stack([ids, point_channels(profile), rank], axis=1)
+
+
+def profile_update(profile: SortedProfile) -> dict[str, np.ndarray]:
+    """What changes on the profile trace when the analysis changes (new image, label or mask).
+
+    Returns
+    -------
+    dict
+        ``y`` [F] float64 saliency, ``customdata`` [F, 3] int64 rows ``[filter_id, channel, rank]``.
+        (``x`` and the layer names only depend on the model.)
+    """
+    _, y, _, _, _ = _arrays(profile)
+    return {"y": y, "customdata": _customdata(profile)}
+
+
+def highlight_update(profile: SortedProfile, filters: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """Data of the highlight trace for the boosted set F, point ``j`` = filter ``filters[j]``.
+
+    Returns
+    -------
+    dict
+        ``x``, ``y`` [K] float64, ``customdata`` [K, 3] int64, ``text`` (layer names, length K)
+        and ``name`` (legend entry ``"boosted set F (K)"``).
+    """
+    x, y, _, layer, _ = _arrays(profile)
+    pos = positions_of(profile, filters)
+    names = _layer_text(profile, layer[pos])
+    return {
+        "x": x[pos],
+        "y": y[pos],
+        "customdata": _customdata(profile)[pos],
+        "text": names,
+        "name": f"boosted set F ({pos.size})",
+    }
+
+
+def _layer_text(profile: SortedProfile, layer: np.ndarray) -> list[str]:
+    names = list(profile.layer_names)
+    return [names[i] if i < len(names) else f"layer {i}" for i in layer.tolist()]
+
+
+def layer_shapes(n_layers: int, *, color: str = "rgba(0, 0, 0, 0.15)") -> list[dict[str, Any]]:
+    """One vertical line at every boundary between two layers (``n_layers - 1`` shapes)."""
+    if isinstance(n_layers, bool) or int(n_layers) != n_layers or n_layers < 0:
+        raise ValueError(f"n_layers must be a non-negative int, got {n_layers!r}")
+    return [
+        {
+            "type": "line",
+            "xref": "x",
+            "yref": "paper",
+            "x0": float(i),
+            "x1": float(i),
+            "y0": 0.0,
+            "y1": 1.0,
+            "line": {"color": color, "width": 1},
+            "layer": "below",
+        }
+        for i in range(1, int(n_layers))
+    ]
+
+
+def _label_positions(n_layers: int, max_labels: int) -> np.ndarray:
+    if max_labels <= 0 or n_layers == 0:
+        return np.zeros(0, dtype=np.int64)
+    step = max(1, math.ceil(n_layers / max_labels))
+    return np.arange(0, n_layers, step)
+
+
+def profile_layout(
+    profile: SortedProfile,
+    *,
+    title: str = "",
+    height: int = 420,
+    width: int | None = None,
+    max_layer_labels: int = 60,
+    dragmode: str = "select",
+) -> dict[str, Any]:
+    """Layout of the chart: layer boundaries, layer names as x ticks, box-select drag by default.
+
+    Parameters
+    ----------
+    profile : SortedProfile
+    title : str
+    height : int, default 420
+    width : int, optional
+        Pixels; None lets the chart fill its container.
+    max_layer_labels : int, default 60
+        At most this many layer names on the x axis (evenly thinned).
+    dragmode : {"select", "lasso", "zoom", "pan"}, default "select"
+
+    Returns
+    -------
+    dict
+        A plotly layout; pass it as ``FigureWidget(layout=...)`` (a layout set after creation but
+        before display does not reach the browser in Voila).
+    """
+    _, y, _, layer, _ = _arrays(profile)
+    n_layers = _n_layers(profile, layer)
+    shown = _label_positions(n_layers, int(max_layer_labels))
+    names = list(profile.layer_names)
+    lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+    pad = 0.04 * (hi - lo if hi > lo else 1.0)
+    layout: dict[str, Any] = {
+        "height": int(height),
+        "margin": {"l": 60, "r": 20, "t": 40 if title else 20, "b": 110},
+        "xaxis": {
+            "range": [0.0, float(n_layers)],
+            "tickmode": "array",
+            "tickvals": (shown + 0.5).tolist(),
+            "ticktext": [names[i] if i < len(names) else str(i) for i in shown.tolist()],
+            "tickangle": -60,
+            "tickfont": {"size": 9},
+            "showgrid": False,
+            "zeroline": False,
+            "title": {
+                "text": "layer (filters sorted by saliency within each layer)",
+                "font": {"size": 11},
+            },
+        },
+        "yaxis": {
+            "range": [lo - pad, hi + pad],
+            "zeroline": True,
+            "zerolinecolor": "rgba(0, 0, 0, 0.3)",
+            "title": {"text": "standardized saliency"},
+        },
+        "shapes": layer_shapes(n_layers),
+        "dragmode": dragmode,
+        "hovermode": "closest",
+        "clickmode": "event",
+        "showlegend": True,
+        "legend": {
+            "orientation": "h",
+            "x": 1.0,
+            "xanchor": "right",
+            "y": 1.02,
+            "yanchor": "bottom",
+        },
+        "plot_bgcolor": "white",
+        "uirevision": "profile",
+    }
+    if title:
+        layout["title"] = {"text": title, "x": 0.01, "font": {"size": 13}}
+    if width is not None:
+        layout["width"] = int(width)
+    return layout
+
+
+def profile_figure(
+    profile: SortedProfile,
+    filters: Sequence[int] | np.ndarray = (),
+    *,
+    title: str = "",
+    height: int = 420,
+    width: int | None = None,
+    max_layer_labels: int = 60,
+) -> dict[str, Any]:
+    """The whole chart as ``{"data": [profile trace, highlight trace], "layout": {...}}``.
+
+    Parameters
+    ----------
+    profile : SortedProfile
+        Arrays of shape [F].
+    filters : sequence of int
+        The boosted set F, drawn as the highlight trace in this order.
+
+    Returns
+    -------
+    dict
+        ``data[PROFILE_TRACE]`` is a ``scattergl`` trace with ``x``, ``y`` equal to the profile's
+        arrays, ``customdata`` [F, 3] = ``[filter_id, channel, rank]`` and ``text`` = layer names;
+        ``data[HIGHLIGHT_TRACE]`` holds the F points (see :func:`highlight_update`).
+    """
+    x, _, _, layer, _ = _arrays(profile)
+    # Selections must not dim the rest of the chart: a selection only adds filters to F.
+    unselected = {"marker": {"opacity": 1.0}}
+    main = {
+        "type": "scattergl",
+        "name": "filters",
+        "mode": "markers",
+        "x": x,
+        "text": _layer_text(profile, layer),
+        "hovertemplate": HOVER_TEMPLATE,
+        "marker": {"size": 4, "color": _POINT_COLOR, "opacity": 0.75},
+        "unselected": unselected,
+        "showlegend": False,
+        **profile_update(profile),
+    }
+    boosted = {
+        "type": "scattergl",
+        "mode": "markers",
+        "hovertemplate": HOVER_TEMPLATE,
+        "marker": {"size": 10, "color": _HIGHLIGHT_COLOR, "line": {"color": "black", "width": 1}},
+        "unselected": unselected,
+        **highlight_update(profile, filters),
+    }
+    layout = profile_layout(
+        profile, title=title, height=height, width=width, max_layer_labels=max_layer_labels
+    )
+    return {"data": [main, boosted], "layout": layout}

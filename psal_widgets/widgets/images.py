@@ -1,0 +1,179 @@
+"""Where images come from: the ``raw_images/`` gallery, a file upload, and a dataset browser.
+
+The dataset browser appears when the session has a dataset (``Explorer(data=...)``): filter by
+correct / incorrect and by true class, pick a row to analyze that image with its true label.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+
+from .html import esc
+from .prediction import label_option, parse_label
+
+if TYPE_CHECKING:
+    from .app import Explorer
+
+__all__ = ["ImagePanel", "find_raw_images", "gallery_files"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def find_raw_images(extra: Path | None = None) -> Path | None:
+    """The sample-image folder: ``$PSAL_RAW_IMAGES``, then ``raw_images/`` in the working
+    directory or its parent (notebooks/ runs), then beside the package (a source checkout)."""
+    candidates: list[Path] = []
+    if extra is not None:
+        candidates.append(extra)
+    env = os.environ.get("PSAL_RAW_IMAGES")
+    if env:
+        candidates.append(Path(env))
+    cwd = Path.cwd()
+    candidates += [
+        cwd / "raw_images",
+        cwd.parent / "raw_images",
+        Path(__file__).resolve().parents[2] / "raw_images",
+    ]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def gallery_files(folder: Path | None) -> list[Path]:
+    """Image files of ``folder`` (not recursive), sorted by name; [] for None."""
+    if folder is None:
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class ImagePanel:
+    """``psal-gallery`` dropdown, ``psal-upload`` file upload, optional dataset browser."""
+
+    def __init__(self, app: Explorer, *, raw_images: Path | None = None) -> None:
+        self.app = app
+        s = app.session
+        g = app.status.guard
+        self.folder = find_raw_images(raw_images)
+        files = gallery_files(self.folder)
+        self.gallery = W.Dropdown(
+            options=[("choose a sample image", None)] + [(p.name, str(p)) for p in files],
+            value=None,
+            description="gallery",
+            layout=W.Layout(width="300px"),
+        )
+        self.gallery.add_class("psal-gallery")
+        app.watch(self.gallery, self._gallery_changed, "gallery")
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
+        self.upload.add_class("psal-upload")
+        self.upload.observe(g(self._uploaded, "upload"), names="value")
+        self.caption = W.HTML("")
+        children: list[W.Widget] = [W.HBox([self.gallery, self.upload]), self.caption]
+
+        self.browser: W.VBox | None = None
+        if getattr(s, "dataset", None) is not None:
+            self.only = W.ToggleButtons(
+                options=[("all", None), ("correct", "correct"), ("incorrect", "incorrect")],
+                value=None,
+            )
+            self.cls = W.Combobox(
+                options=[label_option(i, n) for i, n in enumerate(s.labels.names)],
+                value="",
+                placeholder="any class",
+                ensure_option=False,
+                continuous_update=False,
+                description="class",
+                layout=W.Layout(width="300px"),
+            )
+            self.rows = W.Select(options=[], rows=8, layout=W.Layout(width="100%"))
+            self.count = W.HTML("")
+            app.watch(self.only, lambda _c: self.refresh_rows(), "dataset filter")
+            app.watch(self.cls, lambda _c: self.refresh_rows(), "dataset class")
+            app.watch(self.rows, self._row_picked, "dataset row")
+            self.browser = W.VBox(
+                [W.HTML("<b>Dataset</b>"), W.HBox([self.only, self.cls]), self.count, self.rows]
+            )
+            children.append(self.browser)
+        self.widget = W.VBox(children)
+
+    # -- actions -------------------------------------------------------------------------------
+    def open_file(self, path: str | os.PathLike[str]) -> None:
+        s = self.app.session
+        self.app.change_state(lambda: s.set_image(os.fspath(path)), what="open image")
+
+    def open_bytes(self, data: bytes, name: str) -> None:
+        s = self.app.session
+        self.app.change_state(lambda: s.set_image(data, name=name), what=f"upload {name}")
+
+    def open_row(self, i: int) -> None:
+        s = self.app.session
+        self.app.change_state(lambda: s.open_dataset_image(int(i)), what="open dataset image")
+
+    def refresh_rows(self) -> None:
+        """Re-list the dataset rows for the current filters (runs on the worker)."""
+        s = self.app.session
+        only = self.only.value
+        cls = parse_label(str(self.cls.value or ""))
+
+        def listing() -> None:
+            rows = s.dataset_rows(only=only, cls=cls)
+            options = [
+                (
+                    f"{'✓' if r['correct'] else '✗'} {r['file']}: "
+                    f"{r['label_name']} -> {r['pred_name']}",
+                    int(r["i"]),
+                )
+                for r in rows
+            ]
+            with self.app.quiet(self.rows):
+                self.rows.options = options
+                self.rows.value = None
+            self.count.value = f'<span style="font-size:12px;color:#555">{len(rows)} images</span>'
+
+        self.app.worker.run(listing, what="dataset rows")
+
+    # -- callbacks (main thread) ------------------------------------------------------------------
+    def _gallery_changed(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self.open_file(change["new"])
+
+    def _uploaded(self, change: dict[str, Any]) -> None:
+        files = change["new"]
+        if not files:
+            return
+        f = files[0]
+        name = (
+            str(f.get("name", "upload"))
+            if isinstance(f, dict)
+            else str(getattr(f, "name", "upload"))
+        )
+        content = f["content"] if isinstance(f, dict) else f.content
+        self.open_bytes(bytes(content), name)
+
+    def _row_picked(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self.open_row(int(change["new"]))
+
+    # -- views (worker thread) --------------------------------------------------------------------
+    def show(self) -> None:
+        s = self.app.session
+        masks = len(s.masks)
+        extra = f", {masks} mask{'s' if masks != 1 else ''}" if masks else ""
+        self.caption.value = (
+            f'<span style="font-size:12px">image <b>{esc(s.image_name)}</b>, label '
+            f"<b>{esc(s.label_name)}</b> ({esc(s.label_source)}){extra}</span>"
+        )
+        current = None
+        for value in (v for _, v in self.gallery.options if v):
+            if Path(value).name == s.image_name:
+                current = value
+        if self.gallery.value != current:
+            with self.app.quiet(self.gallery):
+                self.gallery.value = current
+        if self.upload.value:
+            with self.app.quiet(self.upload):
+                self.upload.value = ()

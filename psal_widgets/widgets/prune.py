@@ -1,0 +1,96 @@
+"""Turn filters off (paper §3.1): prune F, or the same number of random / least-salient filters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+
+from .html import esc, table
+
+if TYPE_CHECKING:
+    from .app import Explorer
+
+__all__ = ["PrunePanel"]
+
+_KINDS = {
+    "selected": "F (the boosted set)",
+    "salient": "top-n most salient",
+    "random": "n random",
+    "least": "n least salient",
+}
+
+
+def prune_table(results: list[dict[str, Any]]) -> str:
+    """One row per pruning: which filters, top-1 and P(label) before -> after, new top-5."""
+    rows = []
+    for r in results:
+        (b1, a1), (pb, pa) = r["top1"], r["prob_label"]
+        top5 = ", ".join(f"{esc(p['name'])} {p['prob']:.2f}" for p in r["prediction"])
+        rows.append(
+            [
+                esc(_KINDS.get(r["kind"], r["kind"])),
+                str(r.get("n", len(r["filters"]))),
+                f"{esc(b1['name'])} {b1['prob']:.3f} &rarr; {esc(a1['name'])} {a1['prob']:.3f}",
+                f"{pb:.4f} &rarr; {pa:.4f}",
+                top5,
+            ]
+        )
+    return table(
+        ["filters off", "n", "top-1 before &rarr; after", "P(label)", "top-5 after"],
+        rows,
+        align=["left", "right", "left", "right", "left"],
+    )
+
+
+class PrunePanel:
+    """Buttons: turn F off; F plus the random and least-salient baselines in one click."""
+
+    def __init__(self, app: Explorer) -> None:
+        self.app = app
+        g = app.status.guard
+        self.seed = W.BoundedIntText(
+            value=0, min=0, max=2**31 - 1, description="seed", layout=W.Layout(width="150px")
+        )
+        self.off = W.Button(
+            description="turn off F", button_style="warning", layout=W.Layout(width="120px")
+        )
+        self.compare = W.Button(
+            description="F vs random vs least salient", layout=W.Layout(width="230px")
+        )
+        self.result = W.HTML("")
+        self.results: list[dict[str, Any]] = []
+        self.off.on_click(g(lambda _b: self.prune(("selected",)), "turn off F"))
+        self.compare.on_click(
+            g(lambda _b: self.prune(("selected", "random", "least")), "baselines")
+        )
+        self.widget = W.VBox(
+            [
+                W.HTML(
+                    '<span style="font-size:12px;color:#555">Zero the weights of the filters (and '
+                    "their batch norm's bias) on a copy of the parameters and predict again. "
+                    "Baselines use "
+                    "as many filters as F.</span>"
+                ),
+                W.HBox([self.off, self.compare, self.seed]),
+                self.result,
+            ]
+        )
+
+    def prune(self, kinds: tuple[str, ...] = ("selected",)) -> None:
+        s = self.app.session
+        seed = int(self.seed.value)
+
+        def run() -> list[dict[str, Any]]:
+            n = len(s.filters)
+            return [s.prune(kind, n=None if kind == "selected" else n, seed=seed) for kind in kinds]
+
+        self.app.worker.run(run, then=self.show, what="turn filters off")
+
+    def show(self, results: list[dict[str, Any]]) -> None:
+        self.results = results
+        self.result.value = prune_table(results)
+
+    def clear(self) -> None:
+        self.results = []
+        self.result.value = ""

@@ -1,0 +1,182 @@
+"""The dashboard in a real browser: Voila serving ``notebooks/dashboard.ipynb``, Chromium via Playwright.
+
+One Voila server and one page for the whole module (the tests run in file order and share the
+page's state). Parts of the page are found by the CSS classes of
+``docs/explorer-ui-contract.md``. Screenshots go to ``test-artifacts/`` (not committed).
+Skipped when Debian's ``chromium`` or the ``playwright`` package is missing; Playwright's own
+browser download is never used.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from psal_widgets.dashboard import (
+    BLOCKED_HOST,
+    BLOCKED_URL,
+    CHROMIUM_ARGS,
+    PROFILE_POINT_JS,
+    chromium_path,
+    launch,
+)
+
+from .conftest import ROOT
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = chromium_path()
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+ARTIFACTS = ROOT / "test-artifacts"
+LOAD_MS = 240_000   # first page: the kernel loads the model and computes the first map (2 shared cores)
+UPDATE_MS = 90_000  # one recomputation after a click, a brush or an upload
+
+
+@pytest.fixture(scope="module")
+def dashboard():
+    ARTIFACTS.mkdir(exist_ok=True)
+    dash = launch(quiet=True, timeout=120, log_path=ARTIFACTS / "voila.log")
+    try:
+        yield dash
+    finally:
+        dash.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Page:
+    """The dashboard page and the errors it reported so far."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda err: self.errors.append(f"pageerror: {err}"))
+        page.on("console", self._console)
+
+    def _console(self, msg) -> None:
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        if BLOCKED_HOST in where or BLOCKED_HOST in msg.text:
+            return  # the font request we abort on purpose
+        self.errors.append(f"console: {msg.text} ({where})")
+
+    def text(self, selector: str) -> str:
+        return self.page.inner_text(selector)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def wait_changed(self, selector: str, what: str, old: str, timeout: float = UPDATE_MS) -> str:
+        """Wait until ``what`` (``text`` or ``src``) of ``selector`` differs from ``old``."""
+        js = ("([sel, what, old]) => { const e = document.querySelector(sel); if (!e) return false;"
+              " const v = what === 'src' ? e.getAttribute('src') : e.innerText; return v !== old; }")
+        self.page.wait_for_function(js, arg=[selector, what, old], timeout=timeout)
+        el = self.page.query_selector(selector)
+        return el.get_attribute("src") if what == "src" else el.inner_text()
+
+
+@pytest.fixture(scope="module")
+def page(dashboard, browser):
+    # Tall enough for the whole explorer: Voila scrolls inside the page, so a "full page"
+    # screenshot only holds the viewport.
+    context = browser.new_context(viewport={"width": 1440, "height": 1800})
+    pg = context.new_page()
+    pg.route(BLOCKED_URL, lambda route: route.abort())
+    wrapped = Page(pg)
+    pg.goto(dashboard.url, timeout=LOAD_MS)
+    try:
+        yield wrapped
+    finally:
+        wrapped.shot("dashboard-final")
+        context.close()
+
+
+def selected_ids(text: str) -> set[int]:
+    """The filter ids after ``F = `` in the ``.psal-selected`` text."""
+    tail = text.split("F =", 1)[-1]
+    return {int(t) for t in re.findall(r"\d+", tail.split("\n", 1)[0])}
+
+
+def click_point(pg: Page, *, rank: int, avoid: set[int]) -> dict:
+    point = pg.page.evaluate(PROFILE_POINT_JS, [rank, sorted(avoid)])
+    assert point is not None, "the profile chart has no trace with markers"
+    # Plotly's drag layer sits over the plot and takes the click: click at the position itself.
+    pg.page.mouse.move(point["x"], point["y"])
+    pg.page.mouse.click(point["x"], point["y"])
+    return point
+
+
+def test_profile_chart_appears(page: Page) -> None:
+    page.page.wait_for_selector(".psal-profile .js-plotly-plot", timeout=LOAD_MS)
+    page.page.wait_for_function(
+        "() => [...document.querySelectorAll('.psal-ready')].some(e => e.innerText.trim() === 'ready')",
+        timeout=LOAD_MS)
+    page.shot("dashboard")
+    n_points = page.page.evaluate(
+        "() => document.querySelector('.psal-profile .js-plotly-plot')._fullData"
+        ".reduce((n, t) => n + (t.x ? t.x.length : 0), 0)")
+    assert n_points > 1000, f"the profile chart shows only {n_points} points"
+
+
+def test_click_on_a_filter_updates_the_set_and_the_map(page: Page) -> None:
+    before_text = page.text(".psal-selected")
+    before = selected_ids(before_text)
+    old_src = page.page.get_attribute(".psal-map", "src")
+    point = click_point(page, rank=len(before) + 5, avoid=before)
+    after = selected_ids(page.wait_changed(".psal-selected", "text", before_text))
+    page.wait_changed(".psal-map", "src", old_src)
+    page.shot("after-click")
+    # One click toggles exactly one filter (the one under the mouse when the chart says which).
+    changed = before ^ after
+    assert len(changed) == 1 and (point["id"] is None or changed == {int(point["id"])}), (before, after, point)
+
+
+def test_box_brush_on_the_image_changes_the_prediction(page: Page) -> None:
+    img = page.page.query_selector(".psal-image")
+    img.scroll_into_view_if_needed()
+    box = img.bounding_box()
+    old = page.text(".psal-prediction")
+    x0, y0 = box["x"] + 0.25 * box["width"], box["y"] + 0.25 * box["height"]
+    x1, y1 = box["x"] + 0.75 * box["width"], box["y"] + 0.75 * box["height"]
+    page.page.mouse.move(x0, y0)
+    page.page.mouse.down()
+    page.page.mouse.move(x1, y1, steps=8)
+    page.page.mouse.up()
+    new = page.wait_changed(".psal-prediction", "text", old)
+    page.shot("after-brush")
+    assert new.strip() and new != old
+
+
+def test_corrupt_upload_shows_an_error_and_the_chart_still_works(page: Page) -> None:
+    # ipywidgets 8's FileUpload keeps its <input type=file> out of the document and clicks it
+    # from the button, so the file goes through the browser's file chooser.
+    with page.page.expect_file_chooser(timeout=UPDATE_MS) as chooser:
+        page.page.click(".psal-upload")
+    chooser.value.set_files(files=[
+        {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff\xe0 this is not really a JPEG"}])
+    page.page.wait_for_function(
+        "() => /error/i.test((document.querySelector('.psal-status') || {}).innerText || '')", timeout=UPDATE_MS)
+    page.shot("after-bad-upload")
+    before_text = page.text(".psal-selected")
+    before = selected_ids(before_text)
+    click_point(page, rank=len(before) + 9, avoid=before)
+    after = selected_ids(page.wait_changed(".psal-selected", "text", before_text))
+    assert len(before ^ after) == 1
+
+
+def test_no_errors_in_the_page(page: Page) -> None:
+    assert page.errors == []

@@ -1,0 +1,166 @@
+"""Pure figure builders (psal_widgets.viz.figures) and PNG encoding (psal_widgets.viz.encode)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from psal_widgets._types import SortedProfile
+from psal_widgets.viz.encode import png_bytes, thumbnail
+from psal_widgets.viz.figures import (
+    HIGHLIGHT_TRACE,
+    PROFILE_TRACE,
+    highlight_update,
+    layer_shapes,
+    point_channels,
+    positions_of,
+    profile_figure,
+    profile_layout,
+)
+
+SIZES = [3, 2, 5, 1]
+NAMES = ["stem", "block1.dw", "block1.pw", "head"]
+
+
+@pytest.fixture
+def profile() -> SortedProfile:
+    """A hand-built layout: layers of SIZES filters (contiguous ids), each sorted descending."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=sum(SIZES))
+    xs, ids, layers = [], [], []
+    offset = 0
+    for pos, n in enumerate(SIZES):
+        block = np.arange(offset, offset + n)
+        order = block[np.argsort(-values[block], kind="stable")]
+        ids.append(order)
+        xs.append(pos + (np.arange(n) + 0.5) / n)
+        layers.append(np.full(n, pos))
+        offset += n
+    ids_all = np.concatenate(ids)
+    rank = np.empty(values.size, dtype=np.int64)
+    rank[np.argsort(-values, kind="stable")] = np.arange(values.size)
+    return SortedProfile(
+        x=np.concatenate(xs),
+        y=values[ids_all],
+        filter_id=ids_all,
+        layer=np.concatenate(layers),
+        rank=rank[ids_all],
+        layer_names=list(NAMES),
+    )
+
+
+def _expected_channel(fid: int) -> int:
+    offsets = np.cumsum([0, *SIZES])
+    layer = int(np.searchsorted(offsets, fid, side="right") - 1)
+    return fid - int(offsets[layer])
+
+
+def test_profile_trace_equals_sorted_profile_arrays(profile: SortedProfile) -> None:
+    fig = profile_figure(profile, [])
+    main = fig["data"][PROFILE_TRACE]
+    assert main["type"] == "scattergl"
+    np.testing.assert_array_equal(main["x"], profile.x)
+    np.testing.assert_array_equal(main["y"], profile.y)
+    cd = np.asarray(main["customdata"])
+    assert cd.shape == (profile.x.size, 3)
+    np.testing.assert_array_equal(cd[:, 0], profile.filter_id)
+    np.testing.assert_array_equal(cd[:, 2], profile.rank)
+    assert cd[:, 1].tolist() == [_expected_channel(int(f)) for f in profile.filter_id]
+    assert main["text"] == [NAMES[i] for i in profile.layer]
+    # The hover names layer, channel, saliency and rank.
+    for part in ("%{text}", "%{customdata[1]}", "%{y", "%{customdata[2]}"):
+        assert part in main["hovertemplate"]
+
+
+def test_highlight_positions_are_the_points_of_f(profile: SortedProfile) -> None:
+    chosen = [7, 0, 4, 10]  # any order, across layers
+    hl = profile_figure(profile, chosen)["data"][HIGHLIGHT_TRACE]
+    for j, fid in enumerate(chosen):
+        (where,) = np.flatnonzero(profile.filter_id == fid)
+        assert hl["x"][j] == profile.x[where]
+        assert hl["y"][j] == profile.y[where]
+        assert hl["customdata"][j][0] == fid
+        assert hl["text"][j] == NAMES[profile.layer[where]]
+    assert hl["name"] == "boosted set F (4)"
+
+
+def test_empty_highlight(profile: SortedProfile) -> None:
+    hl = highlight_update(profile, [])
+    assert len(hl["x"]) == 0 and np.asarray(hl["customdata"]).shape == (0, 3)
+
+
+def test_positions_of_and_unknown_ids(profile: SortedProfile) -> None:
+    pos = positions_of(profile, [10, 3])
+    assert profile.filter_id[pos].tolist() == [10, 3]
+    with pytest.raises(ValueError, match="not in the profile"):
+        positions_of(profile, [11])
+    with pytest.raises(ValueError, match="not in the profile"):
+        positions_of(profile, [-1])
+
+
+def test_point_channels(profile: SortedProfile) -> None:
+    assert point_channels(profile).tolist() == [
+        _expected_channel(int(f)) for f in profile.filter_id
+    ]
+
+
+def test_layer_boundaries_and_names(profile: SortedProfile) -> None:
+    layout = profile_figure(profile, [1])["layout"]
+    shapes = layout["shapes"]
+    assert len(shapes) == len(SIZES) - 1
+    assert [s["x0"] for s in shapes] == [1.0, 2.0, 3.0]
+    assert all(s["x0"] == s["x1"] and s["yref"] == "paper" for s in shapes)
+    assert layout["xaxis"]["ticktext"] == NAMES
+    assert layout["xaxis"]["tickvals"] == [0.5, 1.5, 2.5, 3.5]
+    assert layout["xaxis"]["range"] == [0.0, float(len(SIZES))]
+    lo, hi = layout["yaxis"]["range"]
+    assert lo < profile.y.min() and hi > profile.y.max()
+    assert layout["dragmode"] == "select"
+
+
+def test_layer_labels_are_thinned(profile: SortedProfile) -> None:
+    layout = profile_layout(profile, max_layer_labels=2)
+    assert layout["xaxis"]["ticktext"] == ["stem", "block1.pw"]
+    assert layer_shapes(1) == []
+    with pytest.raises(ValueError):
+        layer_shapes(-1)
+
+
+def test_mismatched_arrays_are_refused(profile: SortedProfile) -> None:
+    bad = SortedProfile(
+        x=profile.x,
+        y=profile.y[:-1],
+        filter_id=profile.filter_id,
+        layer=profile.layer,
+        rank=profile.rank,
+    )
+    with pytest.raises(ValueError, match="differ in length"):
+        profile_figure(bad, [])
+
+
+def test_png_round_trip_keeps_rgb_order() -> None:
+    img = np.zeros((5, 7, 3), dtype=np.uint8)
+    img[..., 0] = 200  # red
+    img[2, 3] = (1, 2, 3)
+    data = png_bytes(img)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back[..., ::-1], img)  # OpenCV decodes to BGR
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.testing.assert_array_equal(
+        cv2.imdecode(np.frombuffer(png_bytes(grey), np.uint8), cv2.IMREAD_UNCHANGED), grey
+    )
+
+
+def test_png_refuses_float_and_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        png_bytes(np.zeros((4, 4, 2), dtype=np.uint8))
+
+
+def test_thumbnail() -> None:
+    img = np.zeros((200, 100, 3), dtype=np.uint8)
+    assert thumbnail(img, max_side=50).shape == (50, 25, 3)
+    assert thumbnail(img, max_side=500).shape == (200, 100, 3)  # never enlarged

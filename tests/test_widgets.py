@@ -1,0 +1,510 @@
+"""The widget tier, headless: the worker's ordering and latest-wins rule, and the Explorer driven
+through the same entry points the browser uses (plotly's points messages, ipyevents' mouse
+messages, widget values), with the real Session and the default model."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psal_widgets.widgets.status import StatusPanel
+from psal_widgets.widgets.worker import Worker
+
+from .conftest import ROOT, VAL800
+
+# -- the worker (no model) -----------------------------------------------------------------------
+
+
+def test_actions_run_in_order_and_errors_do_not_stop_the_worker() -> None:
+    errors: list[tuple[str, str]] = []
+    w = Worker(on_error=lambda exc, what: errors.append((str(exc), what)))
+    seen: list[int] = []
+    w.run(lambda: seen.append(1))
+
+    def boom() -> None:
+        raise RuntimeError("broken job")
+
+    w.run(boom, what="boom")
+    w.run(lambda: seen.append(2), then=lambda _r: seen.append(3))
+    w.wait_idle(10)
+    assert seen == [1, 2, 3]
+    assert errors == [("broken job", "boom")]
+    w.close()
+
+
+def test_latest_wins_a_result_overtaken_while_running_is_dropped() -> None:
+    w = Worker()
+    gate, started = threading.Event(), threading.Event()
+    shown: list[str] = []
+
+    def slow() -> str:
+        started.set()
+        assert gate.wait(10)
+        return "old"
+
+    w.latest("map", slow, then=shown.append, delay=0)
+    assert started.wait(10)  # the first request is running now
+    w.latest("map", lambda: "new", then=shown.append, delay=0)
+    gate.set()
+    w.wait_idle(10)
+    assert shown == ["new"]
+    assert w.dropped == 1
+    w.close()
+
+
+def test_pending_requests_are_replaced_and_actions_keep_their_place() -> None:
+    w = Worker()
+    gate = threading.Event()
+    log: list[str] = []
+    w.run(lambda: gate.wait(10))  # hold the worker so that everything below is pending
+    w.latest("map", lambda: log.append("map 1"), delay=0)
+    w.run(lambda: log.append("action"))
+    w.latest("map", lambda: log.append("map 2"), delay=0)
+    w.latest("cam", lambda: log.append("cam"), delay=0)
+    gate.set()
+    w.wait_idle(10)
+    assert log == ["action", "map 2", "cam"]
+    w.close()
+
+
+def test_wait_idle_times_out_and_busy_is_reported() -> None:
+    states: list[bool] = []
+    w = Worker(on_busy=states.append)
+    gate = threading.Event()
+    w.run(lambda: gate.wait(10))
+    with pytest.raises(TimeoutError, match="still computing"):
+        w.wait_idle(0.05)
+    gate.set()
+    w.wait_idle(10)
+    assert states[0] is True and states[-1] is False
+    w.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        w.run(lambda: None)
+
+
+def test_guard_routes_a_callback_exception_to_the_status_line() -> None:
+    status = StatusPanel()
+
+    def callback(_change: object) -> None:
+        raise KeyError("no such widget")
+
+    assert status.guard(callback, "demo")({"new": 1}) is None
+    assert "error" in status.line.value and "no such widget" in status.line.value
+    assert status.errors == ["error (demo): 'no such widget'"]
+    assert "KeyError" in "".join(o.get("text", "") for o in status.log.outputs)
+
+
+def test_widget_modules_never_import_torch() -> None:
+    code = (
+        "import sys, psal_widgets.widgets, psal_widgets.viz.figures, psal_widgets.viz.encode; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    import subprocess
+
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+# -- the Explorer with the real Session ----------------------------------------------------------
+
+N_DATA = 12
+
+
+def _small_dataset(folder: Path) -> Path:
+    """A labels CSV over the first N_DATA shared validation images (linked, never copied)."""
+    (folder / "images").symlink_to(VAL800 / "images", target_is_directory=True)
+    with (VAL800 / "labels.csv").open() as fh:
+        rows = list(csv.DictReader(fh))[:N_DATA]
+    out = folder / "labels.csv"
+    with out.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "label"])
+        for r in rows:
+            writer.writerow([r["file"], r["label"]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def app(default_explainer, tmp_path_factory):
+    """One Explorer for the module; with the shared data, a 12-image dataset with profiles."""
+    from psal_widgets.session import Session
+    from psal_widgets.widgets import Explorer
+
+    kwargs: dict[str, object] = {}
+    if VAL800.exists():
+        from psal_widgets.data import open_dataset
+        from psal_widgets.store import save_stats
+        from psal_widgets.validation import compute_stats
+
+        folder = tmp_path_factory.mktemp("small")
+        csv_path = _small_dataset(folder)
+        model = default_explainer.model
+        ds = open_dataset(csv_path, labels=model.labels, preprocess=model.preprocess)
+        stats, samples = compute_stats(model, ds, progress=False, keep_profiles=True)
+        save_stats(folder / "helper", stats, samples=samples)
+        kwargs = {"data": csv_path, "data_stats": folder / "helper"}
+    session = Session(default_explainer, image=ROOT / "raw_images" / "chelsea.png", **kwargs)
+    explorer = Explorer(session=session)
+    explorer.wait_idle(120)
+    yield explorer
+    explorer.close()
+
+
+def _points_message(
+    event_type: str, trace: int, point_inds: list[int], selector: dict | None = None
+) -> dict:
+    """What plotly's FigureWidget front end sends for a click or a selection."""
+    return {
+        "event_type": event_type,
+        "points": {
+            "trace_indexes": [trace] * len(point_inds),
+            "point_indexes": list(point_inds),
+            "xs": [0.0] * len(point_inds),
+            "ys": [0.0] * len(point_inds),
+        },
+        "device_state": None,
+        "selector": selector,
+    }
+
+
+def _highlight_ids(app) -> list[int]:
+    from psal_widgets.viz.figures import HIGHLIGHT_TRACE
+
+    cd = app.profile_panel.figure.data[HIGHLIGHT_TRACE].customdata
+    return [] if cd is None else [int(r[0]) for r in np.asarray(cd)]
+
+
+def _selected_text_ids(app) -> list[int]:
+    text = app.profile_panel.selected.value
+    assert text.startswith("F = ")
+    return [int(t) for t in text[4:].split(",") if t.strip()]
+
+
+def _prediction_text(app) -> str:
+    return app.prediction_panel.table.value
+
+
+@pytest.mark.slow
+def test_first_view(app) -> None:
+    s = app.session
+    assert "psal-explorer" in app._dom_classes
+    assert app.map_version >= 1
+    assert app.status.ready.value == "ready"
+    assert app.status.errors == []
+    assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
+    assert len(s.filters) == s.k == 10
+    main = app.profile_panel.figure.data[0]
+    np.testing.assert_array_equal(np.asarray(main.y), s.layout().y)
+    assert app.maps_panel.map.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert app.maps_panel.cam.value != app.maps_panel.map.value
+
+
+@pytest.mark.slow
+def test_click_toggles_a_filter_and_the_map_follows(app) -> None:
+    s = app.session
+    fig = app.profile_panel.figure
+    ids = np.asarray(s.layout().filter_id)
+    point = next(i for i in range(len(ids)) if int(ids[i]) not in s.filters)
+    fid = int(ids[point])
+    before_map, before_version = app.maps_panel.map.value, app.map_version
+    # Exactly what the browser sends for a click on that point of trace 0.
+    fig._js2py_pointsCallback = _points_message("plotly_click", 0, [point])
+    app.wait_idle(60)
+    assert s.filters[-1] == fid
+    assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
+    assert app.map_version > before_version
+    assert app.maps_panel.map.value != before_map
+    # Clicking the highlighted point (trace 1, its position in F) removes it again.
+    fig._js2py_pointsCallback = _points_message("plotly_click", 1, [len(s.filters) - 1])
+    app.wait_idle(60)
+    assert fid not in s.filters and _highlight_ids(app) == s.filters
+
+
+@pytest.mark.slow
+def test_box_selection_adds_every_selected_filter(app) -> None:
+    s = app.session
+    ids = np.asarray(s.layout().filter_id)
+    f0 = s.filters
+    points = [i for i in range(200, 260) if int(ids[i]) not in f0][:5]
+    selector = {"type": "box", "selector_state": {"xrange": [0, 1], "yrange": [0, 1]}}
+    app.profile_panel.figure._js2py_pointsCallback = _points_message(
+        "plotly_selected", 0, points, selector
+    )
+    app.wait_idle(60)
+    assert s.filters == f0 + [int(ids[i]) for i in points]
+    assert _highlight_ids(app) == s.filters
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)
+    assert s.filters == f0 and _highlight_ids(app) == f0
+
+
+@pytest.mark.slow
+def test_add_top_of_layers_fallback(app) -> None:
+    s = app.session
+    lay = s.layout()
+    f0 = s.filters
+    app.profile_panel.add_top_of_layers(n=3, layers=(0, 2))
+    app.wait_idle(60)
+    inside = np.flatnonzero(np.asarray(lay.layer) <= 2)
+    best = inside[np.argsort(-np.asarray(lay.y)[inside], kind="stable")[:3]]
+    expected = [int(i) for i in np.asarray(lay.filter_id)[best]]
+    assert s.filters == f0 + [i for i in expected if i not in f0]
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)
+
+
+@pytest.mark.slow
+def test_k_and_boost_controls(app) -> None:
+    s = app.session
+    app.profile_panel.k.value = 4
+    app.wait_idle(60)
+    assert len(s.filters) == 4 and _highlight_ids(app) == s.filters
+    app.profile_panel.k.value = 10
+    app.profile_panel.boost.value = 50.0
+    app.wait_idle(60)
+    assert s.boost == 50.0 and len(s.filters) == 10
+    app.profile_panel.boost.value = 100.0
+    app.wait_idle(60)
+
+
+@pytest.mark.slow
+def test_a_stale_map_is_never_shown(app) -> None:
+    s = app.session
+    gate = threading.Event()
+    app.worker.run(lambda: gate.wait(30))  # hold the worker: both requests below are pending
+    v0 = app.map_version
+    app.profile_panel.set_filters(s.filters[:3])
+    app.profile_panel.set_filters(s.filters[:2])
+    gate.set()
+    app.wait_idle(60)
+    assert s.filters == _highlight_ids(app) and len(s.filters) == 2
+    from psal_widgets.viz.encode import png_bytes
+
+    assert app.maps_panel.map.value == png_bytes(s.input_overlay(s.filters))
+    # Two filter changes, one map shown: the first request was superseded while pending.
+    assert app.map_version == v0 + 1
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)
+
+
+@pytest.mark.slow
+def test_brush_by_mouse_events_masks_and_undo_restores(app) -> None:
+    s = app.session
+    events = app.brush_panel.events
+    pred0, image0 = _prediction_text(app), app.brush_panel.image.value
+    probs0 = s.probabilities()
+    # Exactly what ipyevents delivers for a drag on the image (image pixel coordinates).
+    for kind, x, y in [
+        ("mousedown", 40, 40),
+        ("mousemove", 100, 120),
+        ("mousemove", 180, 190),
+        ("mouseup", 190, 200),
+    ]:
+        events._handle_mouse_msg(None, {"type": kind, "event": kind, "dataX": x, "dataY": y}, [])
+    app.wait_idle(60)
+    assert len(s.masks) == 1 and s.masks[0].kind == "box"
+    assert s.masks[0].points == ((40.0, 40.0), (190.0, 200.0))
+    assert not np.allclose(s.probabilities(), probs0)
+    assert _prediction_text(app) != pred0
+    assert app.brush_panel.image.value != image0
+    report = app.brush_panel.report.value
+    assert "before" in report and "after" in report and "%" in report
+    app.brush_panel.undo_mask()
+    app.wait_idle(60)
+    assert s.masks == []
+    np.testing.assert_allclose(s.probabilities(), probs0, rtol=1e-5, atol=1e-7)
+    assert _prediction_text(app) == pred0
+
+
+@pytest.mark.slow
+def test_lasso_stroke_top_percent_and_reset(app) -> None:
+    s = app.session
+    probs0 = s.probabilities()
+    app.brush_panel.on_stroke(kind="lasso", points=[(20, 20), (120, 30), (90, 150)], fill="black")
+    app.brush_panel.mask_top_percent(5.0)
+    app.wait_idle(60)
+    assert [m.kind for m in s.masks] == ["lasso", "pixels"]
+    app.brush_panel.reset_mask()
+    app.wait_idle(60)
+    assert s.masks == []
+    np.testing.assert_allclose(s.probabilities(), probs0, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_invalid_label_shows_an_error_and_keeps_the_label(app) -> None:
+    s = app.session
+    label, shown = s.label, app.prediction_panel.label.value
+    n_errors = len(app.status.errors)
+    app.prediction_panel.label.value = "definitely not a class"
+    app.wait_idle(60)
+    assert s.label == label
+    assert app.prediction_panel.label.value == shown
+    assert len(app.status.errors) == n_errors + 1
+    assert "error" in app.status.line.value and "definitely not a class" in app.status.line.value
+
+
+@pytest.mark.slow
+def test_label_picker_changes_the_label_under_study(app) -> None:
+    s = app.session
+    old = s.label
+    target = 282 if old != 282 else 281
+    app.prediction_panel.label.value = f"{s.labels.name(target)} ({target})"
+    app.wait_idle(60)
+    assert s.label == target and s.label_source == "given"
+    assert app.prediction_panel.label.value == f"{s.labels.name(target)} ({target})"
+    assert _highlight_ids(app) == s.filters
+    np.testing.assert_array_equal(np.asarray(app.profile_panel.figure.data[0].y), s.layout().y)
+    app.prediction_panel.request_label(None, default=True)
+    app.wait_idle(60)
+    assert s.label == old
+
+
+@pytest.mark.slow
+def test_bad_upload_lands_in_the_status_line(app) -> None:
+    s = app.session
+    name = s.image_name
+    n_errors = len(app.status.errors)
+    import datetime as dt
+
+    bad = {
+        "name": "notes.png",
+        "type": "image/png",
+        "size": 9,
+        "content": memoryview(b"not a png"),
+        "last_modified": dt.datetime.now(dt.timezone.utc),
+    }
+    app.image_panel.upload.value = (bad,)  # what the browser sends for a file that is no image
+    app.wait_idle(60)
+    assert s.image_name == name
+    assert len(app.status.errors) == n_errors + 1 and "error" in app.status.line.value
+
+
+@pytest.mark.slow
+def test_gallery_opens_a_sample_image_with_its_known_label(app) -> None:
+    s = app.session
+    options = dict((label, value) for label, value in app.image_panel.gallery.options)
+    assert {"chelsea.png", "coffee.png"} <= set(options)
+    app.image_panel.gallery.value = options["coffee.png"]
+    app.wait_idle(60)
+    assert s.image_name == "coffee.png" and s.label_name == "espresso" and s.label_source == "known"
+    assert app.prediction_panel.label.value == f"espresso ({s.label})"
+    assert _highlight_ids(app) == s.filters
+    app.image_panel.open_file(ROOT / "raw_images" / "chelsea.png")
+    app.wait_idle(60)
+    assert s.image_name == "chelsea.png"
+    assert app.image_panel.gallery.value == options["chelsea.png"]
+
+
+@pytest.mark.slow
+def test_cam_controls(app) -> None:
+    n_errors = len(app.status.errors)
+    before = app.maps_panel.cam.value
+    app.maps_panel.target.value = "espresso (967)"
+    app.wait_idle(60)
+    assert app.maps_panel.cam.value != before
+    assert "espresso" in app.maps_panel.cam_caption.value
+    layers = [v for _, v in app.maps_panel.layer.options if v]
+    app.maps_panel.layer.value = layers[0]
+    app.wait_idle(60)
+    assert layers[0] in app.session.cam_layers()
+    app.maps_panel.target.value = ""
+    app.maps_panel.layer.value = ""
+    app.wait_idle(60)
+    assert len(app.status.errors) == n_errors
+
+
+@pytest.mark.slow
+def test_prune_f_and_baselines(app) -> None:
+    s = app.session
+    app.prune_panel.prune(("selected", "random", "least"))
+    app.wait_idle(60)
+    kinds = [r["kind"] for r in app.prune_panel.results]
+    assert kinds == ["selected", "random", "least"]
+    assert app.prune_panel.results[0]["filters"] == s.filters
+    assert all(r["n"] == len(s.filters) for r in app.prune_panel.results)
+    assert "n least salient" in app.prune_panel.result.value
+
+
+@pytest.mark.slow
+def test_export_writes_the_chart_for_offline_use(app, tmp_path) -> None:
+    app.export_panel.export(tmp_path / "out")
+    app.wait_idle(120)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert {"profile.html", "profile.csv", "filters.json", "overlay.png"} <= set(names)
+    html = (tmp_path / "out" / "profile.html").read_text()
+    assert 'src="https://cdn.plot.ly' not in html and len(html) > 1_000_000  # plotly.js inside
+    assert "wrote" in app.export_panel.result.value
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.skipif(not VAL800.exists(), reason="shared data not present")
+def test_dataset_browser_and_neighbours(app) -> None:
+    s = app.session
+    panel = app.image_panel
+    assert panel.browser is not None and app.neighbours_panel is not None
+    assert len(panel.rows.options) == N_DATA
+    panel.only.value = "incorrect"
+    app.wait_idle(60)
+    wrong = [r["i"] for r in s.dataset_rows(only="incorrect")]
+    assert [v for _, v in panel.rows.options] == wrong
+    panel.only.value = None
+    app.wait_idle(60)
+    panel.rows.value = 3
+    app.wait_idle(60)
+    assert s.dataset_index == 3 and s.label_source == "known"
+    app.neighbours_panel.find(k=5)
+    app.wait_idle(60)
+    got = app.neighbours_panel.results
+    assert [r["i"] for r in got] == [r["i"] for r in s.neighbours(k=5)]
+    assert 3 not in [r["i"] for r in got]
+    assert len(app.neighbours_panel.grid.children) == 5
+    app.neighbours_panel.find(k=5, layers=(0, 5))
+    app.wait_idle(60)
+    assert [r["i"] for r in app.neighbours_panel.results] == [
+        r["i"] for r in s.neighbours(k=5, layers=(0, 5))
+    ]
+    app.image_panel.open_file(ROOT / "raw_images" / "chelsea.png")
+    app.wait_idle(60)
+
+
+def test_from_env_reads_the_variables(monkeypatch) -> None:
+    from psal_widgets.widgets import Explorer
+
+    seen: dict[str, object] = {}
+
+    class Probe(Explorer):
+        def __init__(self, **kwargs: object) -> None:  # records instead of loading a model
+            seen.update(kwargs)
+
+    monkeypatch.setenv("PSAL_IMAGE", "raw_images/coffee.png")
+    monkeypatch.setenv("PSAL_MODEL", "")
+    monkeypatch.delenv("PSAL_DATA", raising=False)
+    monkeypatch.setenv("PSAL_DEVICE", "cpu")
+    Probe.from_env()
+    assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu"}
+
+
+def test_session_and_model_arguments_conflict() -> None:
+    from psal_widgets.widgets import Explorer
+
+    with pytest.raises(ValueError, match="either session"):
+        Explorer(model="efficientnet_lite0", session=object())
+
+
+def test_gallery_folder_is_found_from_the_notebooks_folder(monkeypatch) -> None:
+    from psal_widgets.widgets.images import find_raw_images, gallery_files
+
+    monkeypatch.delenv("PSAL_RAW_IMAGES", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")
+    folder = find_raw_images()
+    assert folder is not None and folder.resolve() == (ROOT / "raw_images").resolve()
+    assert "chelsea.png" in [p.name for p in gallery_files(folder)]
+    assert os.fspath(ROOT / "raw_images" / "labels.csv") not in map(
+        os.fspath, gallery_files(folder)
+    )
