@@ -11,12 +11,14 @@ from psal_widgets.viz.encode import png_bytes, thumbnail
 from psal_widgets.viz.figures import (
     HIGHLIGHT_TRACE,
     PROFILE_TRACE,
+    clipped_note,
     highlight_update,
     layer_shapes,
     point_channels,
     positions_of,
     profile_figure,
     profile_layout,
+    value_range,
 )
 
 SIZES = [3, 2, 5, 1]
@@ -115,8 +117,20 @@ def test_layer_boundaries_and_names(profile: SortedProfile) -> None:
     assert layout["xaxis"]["tickvals"] == [0.5, 1.5, 2.5, 3.5]
     assert layout["xaxis"]["range"] == [0.0, float(len(SIZES))]
     lo, hi = layout["yaxis"]["range"]
-    assert lo < profile.y.min() and hi > profile.y.max()
+    assert lo < profile.y.min() and hi > np.percentile(profile.y, 99.9)
     assert layout["dragmode"] == "select"
+
+
+def test_value_range_ignores_outliers_but_keeps_f() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=21008)
+    y[:3] = [1800.0, 900.0, 650.0]  # a few filters far out, as on a masked flat region
+    lo, hi, n_above = value_range(y)
+    assert lo < y.min() and 3.0 < hi < 20.0  # the bulk, not the outliers, sets the scale
+    assert n_above == int((y > hi).sum()) >= 3
+    assert clipped_note(n_above) and clipped_note(0) == []
+    lo, hi, n_above = value_range(y, keep=[900.0])  # a boosted filter must stay visible
+    assert hi > 900.0 and n_above == 1
 
 
 def test_layer_labels_are_thinned(profile: SortedProfile) -> None:

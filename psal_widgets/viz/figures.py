@@ -36,6 +36,7 @@ __all__ = [
     "profile_figure",
     "profile_layout",
     "profile_update",
+    "value_range",
 ]
 
 #: Trace positions in the figure (the widget relies on this order).
@@ -194,8 +195,64 @@ def _label_positions(n_layers: int, max_labels: int) -> np.ndarray:
     return np.arange(0, n_layers, step)
 
 
+def value_range(
+    y: np.ndarray, keep: np.ndarray | Sequence[float] = (), *, quantile: float = 99.9
+) -> tuple[float, float, int]:
+    """The y range of the chart: up to the ``quantile`` of the values, widened to show ``keep``.
+
+    A few filters can sit thousands of standard deviations out (e.g. early filters on a flat
+    masked region, whose validation spread is tiny); an axis scaled to them flattens everything
+    else to a line at 0. Values above the range stay in the data (double-click autoscales).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape [F]
+    keep : array of float
+        Values that must be visible (the boosted set F).
+    quantile : float, default 99.9
+
+    Returns
+    -------
+    (low, high, n_above)
+        Padded range and the number of values above it.
+    """
+    values = np.asarray(y, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return -1.0, 1.0, 0
+    kept = np.asarray(keep, dtype=np.float64).reshape(-1)
+    kept = kept[np.isfinite(kept)]
+    lo = float(values.min())
+    hi = float(np.percentile(values, quantile))
+    if kept.size:
+        hi = max(hi, float(kept.max()))
+    pad = 0.04 * (hi - lo if hi > lo else 1.0)
+    return lo - pad, hi + pad, int((values > hi + pad).sum())
+
+
+def clipped_note(n_above: int) -> list[dict[str, Any]]:
+    """Layout annotations telling how many points lie above the y range (none when 0)."""
+    if n_above <= 0:
+        return []
+    return [
+        {
+            "text": f"{n_above} filter{'s' if n_above > 1 else ''} above the axis "
+            "(double-click the chart to show all)",
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0.0,
+            "y": 1.0,
+            "xanchor": "left",
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 10, "color": "#777"},
+        }
+    ]
+
+
 def profile_layout(
     profile: SortedProfile,
+    filters: Sequence[int] | np.ndarray = (),
     *,
     title: str = "",
     height: int = 420,
@@ -226,8 +283,8 @@ def profile_layout(
     n_layers = _n_layers(profile, layer)
     shown = _label_positions(n_layers, int(max_layer_labels))
     names = list(profile.layer_names)
-    lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
-    pad = 0.04 * (hi - lo if hi > lo else 1.0)
+    ids = np.asarray(filters, dtype=np.int64).reshape(-1)
+    lo, hi, n_above = value_range(y, y[positions_of(profile, ids)] if ids.size else ())
     layout: dict[str, Any] = {
         "height": int(height),
         "margin": {"l": 60, "r": 20, "t": 40 if title else 20, "b": 110},
@@ -246,12 +303,13 @@ def profile_layout(
             },
         },
         "yaxis": {
-            "range": [lo - pad, hi + pad],
+            "range": [lo, hi],
             "zeroline": True,
             "zerolinecolor": "rgba(0, 0, 0, 0.3)",
             "title": {"text": "standardized saliency"},
         },
         "shapes": layer_shapes(n_layers),
+        "annotations": clipped_note(n_above),
         "dragmode": dragmode,
         "hovermode": "closest",
         "clickmode": "event",
@@ -322,6 +380,11 @@ def profile_figure(
         **highlight_update(profile, filters),
     }
     layout = profile_layout(
-        profile, title=title, height=height, width=width, max_layer_labels=max_layer_labels
+        profile,
+        filters,
+        title=title,
+        height=height,
+        width=width,
+        max_layer_labels=max_layer_labels,
     )
     return {"data": [main, boosted], "layout": layout}

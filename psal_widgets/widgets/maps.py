@@ -152,6 +152,8 @@ class MapsPanel:
         )
         self.map_version += 1
         self.app.status.set_ready()
+        s = self.app.session
+        self.app.status.settle(f"{s.image_name}: studying '{s.label_name}', {len(filters)} filters boosted")
 
     def _show_cam(self, result: tuple[bytes, str]) -> None:
         png, caption = result

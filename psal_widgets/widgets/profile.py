@@ -20,11 +20,13 @@ from .._types import SortedProfile
 from ..viz.figures import (
     HIGHLIGHT_TRACE,
     PROFILE_TRACE,
+    clipped_note,
     highlight_update,
     point_channels,
     positions_of,
     profile_figure,
     profile_update,
+    value_range,
 )
 from .html import esc, span, table
 
@@ -239,12 +241,13 @@ class ProfilePanel:
         self._profile = profile
         self._filters = [int(i) for i in filters]
         y = np.asarray(profile.y, dtype=np.float64)
-        lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
-        pad = 0.04 * (hi - lo if hi > lo else 1.0)
+        f_y = y[positions_of(profile, self._filters)] if self._filters else ()
+        lo, hi, n_above = value_range(y, f_y)
         with self.figure.batch_update():
             self.figure.data[PROFILE_TRACE].update(profile_update(profile))
             self.figure.data[HIGHLIGHT_TRACE].update(highlight_update(profile, self._filters))
-            self.figure.layout.yaxis.range = [lo - pad, hi + pad]
+            self.figure.layout.yaxis.range = [lo, hi]
+            self.figure.layout.annotations = clipped_note(n_above)
         self._render_selected()
 
     def show_filters(self, filters: Sequence[int]) -> None:

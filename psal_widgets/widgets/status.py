@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _BUSY_HTML = (
     '<span style="display:inline-block;padding:2px 8px;border-radius:9px;background:#fff3cd;'
-    'color:#7a5b00;font-size:12px">&#8987; computing&hellip;</span>'
+    'color:#7a5b00;font-size:12px">computing&hellip;</span>'
 )
 
 
@@ -52,8 +52,15 @@ class StatusPanel:
         self.ready = W.HTML("loading", layout=W.Layout(margin="0 0 0 8px"))
         self.ready.add_class("psal-ready")
         self.log = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
-        self._log_box = W.Accordion(children=[self.log], titles=("error log",), selected_index=None)
+        # Hidden until the first error: an empty "error log" bar is only noise.
+        self._log_box = W.Accordion(
+            children=[self.log],
+            titles=("error log",),
+            selected_index=None,
+            layout=W.Layout(display="none"),
+        )
         self.errors: list[str] = []
+        self._error_shown = False
         self._lock = threading.Lock()
         self.widget = W.VBox(
             [
@@ -66,6 +73,12 @@ class StatusPanel:
     def info(self, message: str) -> None:
         """Show a plain message."""
         self.line.value = f'<span style="color:#333">{html.escape(message)}</span>'
+        self._error_shown = False
+
+    def settle(self, message: str) -> None:
+        """Show a plain message once work is done, unless an error is on show (keep that)."""
+        if not self._error_shown:
+            self.info(message)
 
     def error(self, exc: BaseException | str, what: str = "") -> None:
         """Show ``error: ...`` in the status line and log the traceback."""
@@ -80,6 +93,8 @@ class StatusPanel:
             self.errors.append(one_line)
             message = f"<b>error</b>{html.escape(where)}: {html.escape(text)}"
             self.line.value = f'<span style="color:#b00020">{message}</span>'
+            self._error_shown = True
+            self._log_box.layout.display = None
             # Output.append_stderr works from any thread, unlike `with log:` capture.
             self.log.append_stderr(f"{one_line}\n{detail}\n")
 
