@@ -37,11 +37,10 @@ def _parse_filters(text: str | None) -> list[int] | None:
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .data import load_image
     from .explainer import Explainer
     from .viz.heatmap import overlay
     from .viz.static import profile_png, triptych_png
-
-    from .data import load_image
 
     filters = _parse_filters(args.filters)
     load_image(args.image)  # fail on a bad image before the model is loaded

@@ -19,12 +19,12 @@ from PIL import Image
 
 from ._types import CamMethod, Mode, SortedProfile
 from .data import load_image
-from .labels import ilsvrc_val_label
 from .kernels.cam import cam_map
 from .kernels.filters import FilterIndex
 from .kernels.layout import sorted_profile
 from .kernels.saliency import InputSaliency
 from .kernels.stats import FilterStats
+from .labels import ilsvrc_val_label
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .store import StatsError, default_stats_dir, load_stats
 from .viz.heatmap import saliency_heatmap

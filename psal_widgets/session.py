@@ -39,7 +39,7 @@ from .kernels.neighbours import cosine_neighbours, layer_columns, standardize_ba
 from .kernels.stats import FilterStats
 from .labels import LabelSet, UnknownLabelError, ilsvrc_val_label
 from .models import DEFAULT_MODEL, LoadedModel
-from .store import SampleResults, StatsError, default_stats_dir, load_samples, load_stats
+from .store import PROFILES_FILE, SampleResults, StatsError, load_samples, load_stats, stats_dirs
 from .viz.heatmap import mask_top_percent as _top_percent_mask
 from .viz.heatmap import overlay, saliency_heatmap
 from .viz.masks import Fill, Stroke, apply_fill
@@ -765,12 +765,40 @@ class Session:
             f"`psal stats --data {shown} --out DIR` (add --profiles for neighbours), "
             "then Session(data=..., data_stats=DIR)"
         )
-        folder = Path(data_stats) if data_stats is not None else default_stats_dir(self.model.name)
-        if folder is None:
+        if data_stats is not None:
+            folders = [Path(data_stats)]
+        else:
+            # Every helper-objects folder of the model is a candidate: the shipped one may cover
+            # the dataset without profiles while `psal stats --profiles` wrote another to the
+            # user cache. The first that covers the dataset wins, one with profiles first.
+            folders = stats_dirs(self.model.name)
+        if not folders:
             raise StatsError(
                 f"no helper objects found for {self.model.name}: compute them over the "
                 f"dataset with {cmd}"
             )
+        matches: list[tuple[Path, SampleResults, np.ndarray]] = []
+        errors: list[StatsError] = []
+        for folder in folders:
+            try:
+                matches.append((folder, *self._match_samples(folder, ds, shown, cmd)))
+            except StatsError as err:
+                errors.append(err)
+        if not matches:
+            raise errors[0]
+        matches.sort(key=lambda m: not (m[0] / PROFILES_FILE).is_file())
+        folder, samples, rows = matches[0]
+        self.dataset, self._samples, self._sample_rows, self.data_stats_dir = (
+            ds,
+            samples,
+            rows,
+            folder,
+        )
+
+    def _match_samples(
+        self, folder: Path, ds: LabeledImages, shown: str, cmd: str
+    ) -> tuple[SampleResults, np.ndarray]:
+        """The per-sample results of ``folder`` for every image of ``ds``, and their rows."""
         # Refuses statistics of another model or other weights.
         load_stats(folder, index=self.explainer.index, weights_id=self.model.weights_id)
         samples = load_samples(folder)
@@ -796,12 +824,7 @@ class Session:
                 f"{wrong.size} images of {shown} have other labels than in the helper objects of "
                 f"{folder.name} (e.g. {files[int(wrong[0])]}); recompute them with {cmd}"
             )
-        self.dataset, self._samples, self._sample_rows, self.data_stats_dir = (
-            ds,
-            samples,
-            rows,
-            folder,
-        )
+        return samples, rows
 
     def _need_dataset(self) -> tuple[LabeledImages, SampleResults, np.ndarray]:
         if self.dataset is None or self._samples is None or self._sample_rows is None:

@@ -72,15 +72,23 @@ def _safe_name(model_name: str) -> str:
     return model_name.replace(":", "_").replace("/", "_")
 
 
-def default_stats_dir(model_name: str) -> Path | None:
-    """First existing statistics folder for a model: $PSAL_HELPER_OBJECTS, the repo's, the user's."""
+def stats_dirs(model_name: str) -> list[Path]:
+    """Every existing statistics folder for a model, in lookup order: $PSAL_HELPER_OBJECTS,
+    the repo's ``helper_objects/``, the user's cache."""
     roots = [Path(p) for p in os.environ.get("PSAL_HELPER_OBJECTS", "").split(os.pathsep) if p]
     roots += [repo_helper_objects(), user_helper_objects()]
+    found: list[Path] = []
     for root in roots:
         candidate = root / _safe_name(model_name)
-        if (candidate / STATS_FILE).is_file():
-            return candidate
-    return None
+        if (candidate / STATS_FILE).is_file() and candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def default_stats_dir(model_name: str) -> Path | None:
+    """First existing statistics folder for a model (see :func:`stats_dirs`)."""
+    found = stats_dirs(model_name)
+    return found[0] if found else None
 
 
 def layout_meta(index: FilterIndex) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import replace
 
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader

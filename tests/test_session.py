@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 
 import cv2
@@ -370,3 +371,32 @@ def test_neighbours_against_numpy(default_explainer, small_index):
         [r["similarity"] for r in deep], np.sort(ref_deep)[::-1][:23], rtol=1e-4
     )
     assert set(found[0]) >= {"i", "file", "label_name", "pred_name", "correct", "similarity"}
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_data_stats_are_found_and_profiles_preferred(default_explainer, small_index, tmp_path, monkeypatch):
+    """Without data_stats=, every helper-objects folder of the model is a candidate: the ones
+    that do not cover the dataset are skipped, and one with profiles wins (so that the README's
+    `psal stats --data X --profiles` then `psal dashboard --data X` gives neighbours)."""
+    import shutil
+
+    from psal_widgets.store import PROFILES_FILE
+
+    csv_path, helper = small_index
+    name = default_explainer.model.name
+    bare, full = tmp_path / "a" / name, tmp_path / "b" / name
+    shutil.copytree(helper, bare)
+    (bare / PROFILES_FILE).unlink()
+    shutil.copytree(helper, full)
+    # Lookup order: $PSAL_HELPER_OBJECTS (bare first), then the shipped folder (another dataset).
+    monkeypatch.setenv("PSAL_HELPER_OBJECTS", os.pathsep.join([str(bare.parent), str(full.parent)]))
+    s = Session(model=default_explainer, data=csv_path, image=GRACE)
+    assert s.data_stats_dir == full
+    assert len(s.neighbours(k=3)) == 3
+    monkeypatch.setenv("PSAL_HELPER_OBJECTS", str(bare.parent))
+    s = Session(model=default_explainer, data=csv_path, image=GRACE)
+    assert s.data_stats_dir == bare
+    with pytest.raises(StatsError, match="--profiles"):
+        s.neighbours()

@@ -30,6 +30,7 @@ __all__ = [
     "PROFILE_TRACE",
     "HIGHLIGHT_TRACE",
     "highlight_update",
+    "label_positions",
     "layer_shapes",
     "point_channels",
     "positions_of",
@@ -188,7 +189,8 @@ def layer_shapes(n_layers: int, *, color: str = "rgba(0, 0, 0, 0.15)") -> list[d
     ]
 
 
-def _label_positions(n_layers: int, max_labels: int) -> np.ndarray:
+def label_positions(n_layers: int, max_labels: int) -> np.ndarray:
+    """Indices of the layers that get a tick label: evenly thinned to at most ``max_labels``."""
     if max_labels <= 0 or n_layers == 0:
         return np.zeros(0, dtype=np.int64)
     step = max(1, math.ceil(n_layers / max_labels))
@@ -281,7 +283,7 @@ def profile_layout(
     """
     _, y, _, layer, _ = _arrays(profile)
     n_layers = _n_layers(profile, layer)
-    shown = _label_positions(n_layers, int(max_layer_labels))
+    shown = label_positions(n_layers, int(max_layer_labels))
     names = list(profile.layer_names)
     ids = np.asarray(filters, dtype=np.int64).reshape(-1)
     lo, hi, n_above = value_range(y, y[positions_of(profile, ids)] if ids.size else ())

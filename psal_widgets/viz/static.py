@@ -5,7 +5,6 @@ Figures are built on ``matplotlib.figure.Figure`` with an explicit Agg canvas, n
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._types import SortedProfile
+from .figures import label_positions
 
 __all__ = ["image_png", "profile_png", "triptych_png"]
 
@@ -34,14 +34,6 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     FigureCanvasAgg(fig)  # attaches itself to the figure
     fig.savefig(out, dpi=_DPI, format="png")
     return out
-
-
-def _label_positions(n_layers: int, max_labels: int) -> np.ndarray:
-    """Indices of the layers that get a tick label: evenly thinned to at most ``max_labels``."""
-    if max_labels <= 0 or n_layers == 0:
-        return np.zeros(0, dtype=np.int64)
-    step = max(1, math.ceil(n_layers / max_labels))
-    return np.arange(0, n_layers, step)
 
 
 def profile_png(
@@ -120,7 +112,7 @@ def profile_png(
         ax.legend(loc="upper right", frameon=True)
 
     ax.set_xlim(0, n_layers)
-    shown = _label_positions(n_layers, int(max_layer_labels))
+    shown = label_positions(n_layers, int(max_layer_labels))
     ax.set_xticks(shown + 0.5)
     ax.set_xticklabels(
         [names[i] if i < len(names) else str(i) for i in shown], rotation=60, ha="right", fontsize=7

@@ -38,7 +38,7 @@ class NeighboursPanel:
         n_layers = len(s.layout().layer_names)
         g = app.status.guard
         self.k = W.BoundedIntText(
-            value=10, min=1, max=100, description="k", layout=W.Layout(width="120px")
+            value=10, min=1, max=100, description="k", layout=W.Layout(width="160px")
         )
         self.restrict = W.Checkbox(
             value=False, description="only layers", indent=False, layout=W.Layout(width="110px")
