@@ -88,6 +88,20 @@ def test_wait_idle_times_out_and_busy_is_reported() -> None:
         w.run(lambda: None)
 
 
+def test_call_runs_on_the_worker_thread_and_hands_back_result_or_error() -> None:
+    errors: list[tuple[str, str]] = []
+    w = Worker(on_error=lambda exc, what: errors.append((str(exc), what)))
+    assert w.call(lambda: threading.current_thread().name) == "psal-worker"
+
+    def broken() -> None:
+        raise ValueError("bad model name")
+
+    with pytest.raises(ValueError, match="bad model name"):
+        w.call(broken)
+    assert errors == []  # the caller got it; the status line is not the place
+    w.close()
+
+
 def test_guard_routes_a_callback_exception_to_the_status_line() -> None:
     status = StatusPanel()
 

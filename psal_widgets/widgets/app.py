@@ -80,18 +80,26 @@ class Explorer(W.VBox):
         super().__init__(layout=W.Layout(width="100%"))
         self.add_class("psal-explorer")
         self.status = StatusPanel()
-        if session is None:
-            from ..session import Session  # the middle tier owns torch; widgets never import it
-
-            session = Session(model=model, data=data, image=image, label=label, device=device)
-        elif any(v is not None for v in (model, image, label, data, device)):
+        if session is not None and any(v is not None for v in (model, image, label, data, device)):
             raise ValueError(
                 "pass either session=... or model/image/label/data/device, not both "
                 "(set the image or label on the session first)"
             )
-        self.session = session
         self._quiet: set[int] = set()
         self.worker = Worker(on_error=self.status.error, on_busy=self.status.set_busy)
+        if session is None:
+            from ..session import Session  # the middle tier owns torch; widgets never import it
+
+            def build() -> Session:
+                return Session(model=model, data=data, image=image, label=label, device=device)
+
+            # Built on the worker: all torch work then runs on that one thread (see worker.py).
+            try:
+                session = self.worker.call(build)
+            except BaseException:
+                self.worker.close(wait=False)
+                raise
+        self.session = session
 
         # The chart first: it only needs the analysis the Session already ran.
         self.profile_panel = ProfilePanel(self)
