@@ -145,6 +145,24 @@ def test_click_on_a_filter_updates_the_set_and_the_map(page: Page) -> None:
     assert len(changed) == 1 and (point["id"] is None or changed == {int(point["id"])}), (before, after, point)
 
 
+def test_box_selection_on_the_chart_adds_many_filters(page: Page) -> None:
+    before_text = page.text(".psal-selected")
+    before = selected_ids(before_text)
+    # A box around y = 0 over a tenth of the plot width: hundreds of ordinary filters.
+    geo = page.page.evaluate(
+        "() => { const gd = document.querySelector('.psal-profile .js-plotly-plot');"
+        " const fl = gd._fullLayout, r = gd.getBoundingClientRect();"
+        " return {x: r.left + fl._size.l + 0.45 * fl._size.w, w: 0.1 * fl._size.w,"
+        "         y: r.top + fl._size.t + fl.yaxis.l2p(0)}; }")
+    page.page.mouse.move(geo["x"], geo["y"] - 25)
+    page.page.mouse.down()
+    page.page.mouse.move(geo["x"] + geo["w"], geo["y"] + 25, steps=10)
+    page.page.mouse.up()
+    after = selected_ids(page.wait_changed(".psal-selected", "text", before_text))
+    page.shot("after-box-select")
+    assert after > before and len(after - before) > 10, (len(before), len(after))
+
+
 def test_box_brush_on_the_image_changes_the_prediction(page: Page) -> None:
     img = page.page.query_selector(".psal-image")
     img.scroll_into_view_if_needed()
