@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from .html import esc
-from .prediction import label_option, parse_label
+from .prediction import class_picker, parse_label
 
 if TYPE_CHECKING:
     from .app import Explorer
@@ -80,15 +80,7 @@ class ImagePanel:
                 options=[("all", None), ("correct", "correct"), ("incorrect", "incorrect")],
                 value=None,
             )
-            self.cls = W.Combobox(
-                options=[label_option(i, n) for i, n in enumerate(s.labels.names)],
-                value="",
-                placeholder="any class",
-                ensure_option=False,
-                continuous_update=False,
-                description="class",
-                layout=W.Layout(width="300px"),
-            )
+            self.cls = class_picker(s.labels.names, placeholder="any class", description="class", width="300px")
             self.rows = W.Select(options=[], rows=8, layout=W.Layout(width="100%"))
             self.count = W.HTML("")
             app.watch(self.only, lambda _c: self.refresh_rows(), "dataset filter")

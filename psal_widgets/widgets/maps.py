@@ -14,7 +14,7 @@ import numpy as np
 from ..viz.encode import png_bytes
 from ..viz.heatmap import overlay
 from .html import esc
-from .prediction import label_option, parse_label
+from .prediction import class_picker, label_option, parse_label
 
 if TYPE_CHECKING:
     from .app import Explorer
@@ -61,14 +61,8 @@ class MapsPanel:
             description="method",
             layout=W.Layout(width="230px"),
         )
-        self.target = W.Combobox(
-            options=[label_option(i, n) for i, n in enumerate(s.labels.names)],
-            value="",
-            placeholder="predicted class",
-            ensure_option=False,
-            continuous_update=False,
-            description="class",
-            layout=W.Layout(width=f"{DISPLAY_WIDTH}px"),
+        self.target = class_picker(
+            s.labels.names, placeholder="predicted class", description="class", width=f"{DISPLAY_WIDTH}px"
         )
         layers = list(s.cam_layers())
         self.layer = W.Dropdown(

@@ -12,7 +12,7 @@ from .html import esc, prediction_table
 if TYPE_CHECKING:
     from .app import Explorer
 
-__all__ = ["PredictionPanel", "label_option", "parse_label"]
+__all__ = ["PredictionPanel", "class_picker", "label_option", "parse_label"]
 
 _OPTION = re.compile(r"^(.*\S)\s+\((\d+)\)$")
 
@@ -34,6 +34,22 @@ def parse_label(text: str) -> int | str | None:
     return t
 
 
+def class_picker(
+    names: list[str], *, description: str, placeholder: str, width: str, value: str = ""
+) -> W.Combobox:
+    """A searchable picker over the class names (options ``"name (i)"``, free text allowed:
+    an index, a WordNet id or a name), applied on Enter or when the box loses focus."""
+    return W.Combobox(
+        options=[label_option(i, n) for i, n in enumerate(names)],
+        value=value,
+        placeholder=placeholder,
+        ensure_option=False,
+        continuous_update=False,
+        description=description,
+        layout=W.Layout(width=width),
+    )
+
+
 class PredictionPanel:
     """``psal-prediction`` (top-5 with probability bars) and ``psal-label`` (the label picker).
 
@@ -44,15 +60,12 @@ class PredictionPanel:
     def __init__(self, app: Explorer) -> None:
         self.app = app
         s = app.session
-        self.options = [label_option(i, n) for i, n in enumerate(s.labels.names)]
-        self.label = W.Combobox(
-            options=self.options,
+        self.label = class_picker(
+            s.labels.names,
             value=label_option(s.label, s.label_name),
             placeholder="type a class name",
-            ensure_option=False,
-            continuous_update=False,
             description="label",
-            layout=W.Layout(width="360px"),
+            width="360px",
         )
         self.label.add_class("psal-label")
         self.source = W.HTML("")
