@@ -198,6 +198,31 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     raise CliError(f"Voila stopped by itself (exit code {code}); see {dash.log_path}")
 
 
+# -- psal experiment ---------------------------------------------------------------------
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments.base import EXPERIMENTS, ExperimentConfig, ExperimentContext
+
+    spec = EXPERIMENTS[args.name].load()
+    shared = {"data", "model", "weights", "stats", "device", "limit", "seed", "out", "index", "batch_size"}
+    own = {k: v for k, v in vars(args).items()
+           if k not in shared | {"name", "func", "debug", "command", "quiet"}}
+    out = Path(args.out) if args.out else Path("psal_out") / "experiments" / args.name
+    config = ExperimentConfig(
+        data=args.data, model=args.model, weights=args.weights, stats=args.stats, device=args.device,
+        limit=args.limit, seed=args.seed, out=out, index=args.index, batch_size=args.batch_size,
+        progress=not args.quiet, options=own, argv=["psal", *sys.argv[1:]],
+    )
+    ctx = ExperimentContext(args.name, config)
+    assert spec.run is not None
+    t0 = time.perf_counter()
+    result = ctx.writer.write(spec.run(ctx), ctx)
+    print(f"psal experiment {args.name}: {len(ctx.dataset)} images, {time.perf_counter() - t0:.1f} s")
+    for line in result.get("summary", []):
+        print(f"  {line}")
+    print(f"wrote {out}/: " + ", ".join(result["files"]))
+    return 0
+
+
 # -- psal bench --------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
@@ -272,6 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preheat", action="store_true",
                    help="do not prepare the explorer before the first visit (saves memory, slower first page)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("experiment", help="the paper's dataset-level experiments (profiles, pruning, neighbors, ...)")
+    exp = p.add_subparsers(dest="name", required=True, metavar="NAME")
+    from .experiments.base import EXPERIMENTS
+
+    for spec in EXPERIMENTS.values():
+        q = exp.add_parser(spec.name, help=spec.help)
+        q.add_argument("--data", required=True, help="labelled dataset: CSV (file,label), ImageFolder or ILSVRC val folder")
+        model_opts(q)
+        q.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
+        q.add_argument("--index", default=None, help="profile-index folder (default: found or built for the data)")
+        q.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset")
+        q.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+        q.add_argument("--batch-size", type=int, default=16)
+        q.add_argument("--device", default=None)
+        q.add_argument("--out", default=None, help="output folder (default psal_out/experiments/NAME)")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        try:
+            loaded = spec.load()
+        except ImportError:
+            loaded = spec  # not implemented in this build: the command says so when run
+        if loaded.add_arguments is not None:
+            loaded.add_arguments(q)
+        q.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
     p.add_argument("what", choices=["kernels", "click", "dashboard"], nargs="?", default="kernels",
