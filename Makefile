@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# Real-browser tests use Debian's Chromium (never a browser downloaded by playwright).
-	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+	# apt waits up to 10 minutes for a lock held by another apt process instead of failing.
+	command -v chromium >/dev/null || { $(SUDO) apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium; }
 	touch $@
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -185,7 +186,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
-                      open_browser=args.open, preheat=not args.no_preheat)
+                      weights=args.weights, stats=args.stats, open_browser=args.open, preheat=not args.no_preheat)
     except DashboardError as err:
         raise CliError(str(err)) from err
     print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default, embedded), a torchvision name or timm:NAME")
         if weights:
             p.add_argument("--weights", default=None, help="weights file (.pth/.safetensors) instead of the default place")
+            p.add_argument("--offline", action="store_true",
+                           help="never download a named model's weights (also PSAL_OFFLINE=1); the default never does")
 
     p = sub.add_parser("explain", help="profile, input-space saliency and GradCAM of one image")
     p.add_argument("image")
@@ -293,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="labelled image set for the dataset browser and neighbours (CSV, ImageFolder, ILSVRC val)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--weights", default=None, help="weights file of a named model (.pth/.safetensors)")
+    p.add_argument("--stats", default=None, help="helper-objects folder of the model (default: its own)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download a named model's weights (also PSAL_OFFLINE=1); the default never does")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
     p.add_argument("--no-preheat", action="store_true",
                    help="do not prepare the explorer before the first visit (saves memory, slower first page)")
@@ -339,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "offline", False):
+        # An environment variable, so that the dashboard's kernel inherits it too.
+        os.environ["PSAL_OFFLINE"] = "1"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

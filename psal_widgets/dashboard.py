@@ -49,6 +49,8 @@ ENV_VARS: dict[str, str] = {
     "image": "PSAL_IMAGE",
     "data": "PSAL_DATA",
     "device": "PSAL_DEVICE",
+    "weights": "PSAL_WEIGHTS",
+    "stats": "PSAL_STATS",
 }
 
 HOST = "127.0.0.1"
@@ -57,7 +59,7 @@ HOST = "127.0.0.1"
 # the comment is for whoever opens the file in Jupyter.
 _CODE = (
     "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
-    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE (unset = the defaults).\n"
+    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS (unset = the defaults).\n"
     "from psal_widgets import Explorer\n"
     "\n"
     "Explorer.from_env()"
@@ -165,16 +167,19 @@ def check_paths(*, image: str | os.PathLike[str] | None = None,
 
 
 def check_inputs(*, model: str | None = None, image: str | os.PathLike[str] | None = None,
-                 device: str | None = None) -> None:
-    """Thorough checks that need torch: the image decodes, the model name and device exist.
+                 device: str | None = None, weights: str | os.PathLike[str] | None = None,
+                 stats: str | os.PathLike[str] | None = None) -> None:
+    """Thorough checks that need torch: the image decodes, the device exists, and the model
+    loads with its real weights and statistics (so a missing weights file or statistics of
+    another model end the command with one line before any URL is printed).
 
-    Costs the torch import (seconds); :func:`launch` runs it while Voila boots. The model is
-    built on the ``meta`` device, so no weights are read.
+    Costs the torch import (seconds); :func:`launch` runs it while Voila boots. With no model,
+    weights or statistics given, the embedded default is known to load and is not loaded here.
 
     Raises
     ------
     ValueError
-        ``ImageError``, ``ModelError`` or a device error, with the library's message.
+        ``ImageError``, ``ModelError``, ``StatsError`` or a device error, with the library's message.
     """
     # Imported only when needed: with nothing to check, torch is never imported.
     if image is not None:
@@ -185,14 +190,16 @@ def check_inputs(*, model: str | None = None, image: str | os.PathLike[str] | No
         from .kernels.device import pick_device
 
         pick_device(device)
-    if model is not None:
-        from .models import load_model
+    if model is not None or weights is not None or stats is not None:
+        from .explainer import Explainer
+        from .models import DEFAULT_MODEL
 
-        load_model(model, random_weights=True, device="meta")
+        Explainer(model or DEFAULT_MODEL, weights=weights, stats=stats if stats is not None else "auto", device="cpu")
 
 
 def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | None = None,
                   data: str | os.PathLike[str] | None = None, device: str | None = None,
+                  weights: str | os.PathLike[str] | None = None, stats: str | os.PathLike[str] | None = None,
                   base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of the Voila process: ``base`` (default ``os.environ``) plus ``PSAL_*``.
 
@@ -205,6 +212,8 @@ def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | N
         "image": None if image is None else str(Path(image).expanduser().resolve()),
         "data": None if data is None else str(Path(data).expanduser().resolve()),
         "device": device,
+        "weights": None if weights is None else str(Path(weights).expanduser().resolve()),
+        "stats": None if stats is None else str(Path(stats).expanduser().resolve()),
     }
     for key, var in ENV_VARS.items():
         if values[key] is None:
@@ -326,7 +335,9 @@ def _wait_http(proc: subprocess.Popen, port: int, *, timeout: float, log_path: P
 
 
 def launch(*, port: int | None = None, model: str | None = None, image: str | os.PathLike[str] | None = None,
-           data: str | os.PathLike[str] | None = None, device: str | None = None, open_browser: bool = False,
+           data: str | os.PathLike[str] | None = None, device: str | None = None,
+           weights: str | os.PathLike[str] | None = None, stats: str | os.PathLike[str] | None = None,
+           open_browser: bool = False,
            notebook: str | os.PathLike[str] | None = None, preheat: bool = True, fill_delay: float = 60.0,
            check: bool = True, timeout: float = 60.0, log_path: str | os.PathLike[str] | None = None,
            extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
@@ -340,6 +351,9 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     model, image, data, device : optional
         Passed to ``Explorer.from_env()`` as ``PSAL_MODEL`` / ``PSAL_IMAGE`` / ``PSAL_DATA`` /
         ``PSAL_DEVICE``; ``None`` keeps the explorer's default.
+    weights, stats : path, optional
+        Weights file of a named model and its helper-objects folder (``PSAL_WEIGHTS``,
+        ``PSAL_STATS``).
     open_browser : bool
         Open the URL in the default web browser once the server answers.
     notebook : path, optional
@@ -369,6 +383,9 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
         Busy port, Voila failing to start or not answering in time.
     """
     check_paths(image=image, data=data)
+    for option, value in (("--weights", weights), ("--stats", stats)):
+        if value is not None and not Path(value).expanduser().exists():
+            raise FileNotFoundError(f"{option} {value}: no such file or folder")
     nb = Path(notebook).expanduser().resolve() if notebook is not None else find_notebook()
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} not found")
@@ -379,7 +396,7 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     elif _port_in_use(int(port)):
         raise DashboardError(f"port {port} on {HOST} is already in use; choose another --port or leave it out")
     port = int(port)
-    env = dashboard_env(model=model, image=image, data=data, device=device)
+    env = dashboard_env(model=model, image=image, data=data, device=device, weights=weights, stats=stats)
     env.update(extra_env or {})
     cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay) + list(extra_args)
     log = Path(log_path) if log_path is not None else Path(tempfile.gettempdir()) / f"psal-dashboard-{port}.log"
@@ -393,7 +410,7 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     dash = Dashboard(proc, f"http://{HOST}:{port}/", port, nb, log, cmd)
     try:
         if check:
-            check_inputs(model=model, image=image, device=device)
+            check_inputs(model=model, image=image, device=device, weights=weights, stats=stats)
         _wait_http(proc, port, timeout=timeout, log_path=log)
     except BaseException:
         dash.stop(timeout=5)

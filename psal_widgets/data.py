@@ -236,6 +236,10 @@ class Preprocess:
     interpolation : str
         One of ``nearest``, ``nearest-exact``, ``bilinear``, ``bicubic``, ``box``,
         ``hamming``, ``lanczos``.
+    crop_mode : {"center", "squash"}
+        ``center``: resize the shorter side to ``resize`` and crop the centre (torchvision,
+        most timm models); ``squash``: resize both sides to ``resize`` (aspect ratio not kept),
+        then crop the centre (timm's ``crop_mode="squash"``).
     """
 
     resize: int = 256
@@ -243,6 +247,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         # JSON gives lists; store tuples so the object stays hashable and comparable.
@@ -256,6 +261,8 @@ class Preprocess:
             raise ValueError("mean and std need exactly 3 values (R, G, B)")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be positive, got {self.std}")
+        if self.crop_mode not in ("center", "squash"):
+            raise ValueError(f"crop_mode must be 'center' or 'squash', got {self.crop_mode!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"unknown interpolation {self.interpolation!r}; use one of "
@@ -266,8 +273,9 @@ class Preprocess:
         """Resize + center crop on the PIL image, shared by ``__call__`` and ``display`` so
         the overlay picture is pixel-for-pixel what the model was given."""
         img = to_rgb(img)
+        size = [self.resize] if self.crop_mode == "center" else [self.resize, self.resize]
         img = TF.resize(
-            img, [self.resize], interpolation=_INTERPOLATIONS[self.interpolation], antialias=True
+            img, size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True
         )
         return TF.center_crop(img, [self.crop, self.crop])
 

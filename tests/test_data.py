@@ -269,7 +269,8 @@ def test_preprocess_dict_roundtrip():
     )
     d = json.loads(json.dumps(pre.to_dict()))
     assert d == {
-        "resize": 292, "crop": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"
+        "resize": 292, "crop": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+        "crop_mode": "center",
     }
     again = Preprocess.from_dict(d)
     assert again == pre and hash(again) == hash(pre)
