@@ -1,7 +1,8 @@
 """Input-saliency maps as weighted sums of per-filter basis maps (GUIDE §3).
 
 With the boosted target ``c = s'_F`` held constant, ``∂D_C(ŝ, c)/∂ŝ = a1·ŝ + a2·ŝ|_F`` with
-``a1 = -(1/(|ŝ||c|) - (ŝ·c)/(|ŝ|³|c|))`` and ``a2 = -(b - 1)/(|ŝ||c|)``, so
+``a1 = (b - 1)·‖ŝ_F‖²/(‖ŝ‖³‖c‖)`` and ``a2 = -(b - 1)/(‖ŝ‖‖c‖)`` (see
+:func:`~.saliency.distance_weights`), so
 
     ∇_x D_C = a1·g₀ + a2·Σ_{i∈F} ŝ_i·g_i,    g₀ = Jᵀŝ,  g_i = ∇_x ŝ_i  (J = ∂ŝ/∂x).
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .saliency import InputSaliency
+from .saliency import InputSaliency, distance_weights
 
 __all__ = ["SaliencyBasis"]
 
@@ -77,11 +78,9 @@ class SaliencyBasis:
         if missing:
             raise KeyError(f"no basis map for filters {missing}; add() them first")
         s = self._kernel.values
-        idx = torch.as_tensor(ids, device=s.device)
-        c = s.clone()
-        c[idx] = c[idx] * boost
-        ns, nc, dot = s.norm(), c.norm(), torch.dot(s, c)
-        a1 = -(1.0 / (ns * nc) - dot / (ns**3 * nc))
-        a2 = -(boost - 1.0) / (ns * nc)
-        weighted = sum(s[i] * self._maps[i] for i in ids)
-        return a1 * self._g0 + a2 * weighted
+        a1, a2 = distance_weights(s, torch.as_tensor(ids, device=s.device), boost=boost)
+        if a1 == 0.0 and a2 == 0.0:
+            return torch.zeros_like(self._g0)
+        # Weights in float64 (no cancellation), the sum over the candidates' maps in float64 too.
+        weighted = sum(float(s[i]) * self._maps[i].to(torch.float64) for i in ids)
+        return (a1 * self._g0.to(torch.float64) + a2 * weighted).to(self._g0.dtype)

@@ -21,7 +21,10 @@ from .filters import FilterIndex
 from .profiles import conv_weights, per_filter, standardize
 from .stats import FilterStats
 
-__all__ = ["InputSaliency", "boosted_target", "cosine_distance"]
+__all__ = ["InputSaliency", "NEGLIGIBLE", "boosted_target", "cosine_distance", "distance_weights", "negligible_set"]
+
+#: ‖ŝ_F‖ / ‖ŝ‖ below which boosting F cannot move the target: the exact map is zero.
+NEGLIGIBLE = 1e-12
 
 
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -40,6 +43,49 @@ def boosted_target(profile: Tensor, filters: Tensor, *, boost: float) -> Tensor:
     target = profile.detach().clone()
     target[filters] = target[filters] * boost
     return target
+
+
+def distance_weights(profile: Tensor, filters: Tensor, *, boost: float) -> tuple[float, float]:
+    """Closed-form ``∂D_C(ŝ, s'_F)/∂ŝ = a1·ŝ + a2·ŝ|_F`` (GUIDE §3), in float64.
+
+    With ``c = ŝ + (b - 1)·ŝ|_F``: ``a1 = (b - 1)·‖ŝ_F‖² / (‖ŝ‖³‖c‖)`` and
+    ``a2 = -(b - 1) / (‖ŝ‖‖c‖)``. Written without the subtraction ``1/(‖ŝ‖‖c‖) - ŝ·c/(‖ŝ‖³‖c‖)``,
+    whose float32 cancellation leaves ~1e-8 where the true value is 0 (a filter set whose
+    entries are all ~0, e.g. dead filters with σ = 0: the heatmap would stretch that residue of
+    ``g₀ = Jᵀŝ`` to full contrast).
+
+    Parameters
+    ----------
+    profile : Tensor, shape [F]
+        The (detached) profile ŝ.
+    filters : Tensor of int64, shape [K]
+        Distinct ids of F.
+    boost : float
+        The boost factor b.
+
+    Returns
+    -------
+    (a1, a2) : Python floats; both 0.0 when ``‖ŝ_F‖ / ‖ŝ‖ < NEGLIGIBLE`` or ``b == 1`` (the map is zero).
+    """
+    s = profile.detach().to(torch.float64)
+    b = float(boost)
+    ns = float(s.norm())
+    if ns == 0.0 or b == 1.0 or negligible_set(s, filters):
+        return 0.0, 0.0
+    nf2 = float(s[filters].pow(2).sum())
+    nc = (ns**2 + (b * b - 1.0) * nf2) ** 0.5  # ‖ŝ + (b - 1)ŝ_F‖, no cancellation for b > 0
+    return (b - 1.0) * nf2 / (ns**3 * nc), -(b - 1.0) / (ns * nc)
+
+
+def negligible_set(profile: Tensor, filters: Tensor) -> bool:
+    """Whether boosting ``F`` leaves the target on the profile's ray, so that the cosine distance
+    stays 0 for every input and every boost: ``‖ŝ_F‖`` negligible against ``‖ŝ‖`` (F holds only
+    ~0 entries, e.g. dead filters), or ``‖ŝ_{not F}‖`` negligible (F holds the whole profile)."""
+    s = profile.detach().to(torch.float64)
+    inside = torch.zeros_like(s, dtype=torch.bool)
+    inside[filters] = True
+    tiny = (NEGLIGIBLE * float(s.norm())) ** 2
+    return float(s[inside].pow(2).sum()) <= tiny or float(s[~inside].pow(2).sum()) <= tiny
 
 
 class InputSaliency:
@@ -145,10 +191,15 @@ class InputSaliency:
         if self.profile is None:
             raise RuntimeError("this InputSaliency was released; build a new one for the image")
         ids = self._filter_tensor(filters, k)
-        target = boosted_target(self.values, ids, boost=boost)
-        distance = cosine_distance(self.profile, target)
-        # retain_graph: the next filter set reuses the same differentiable profile.
-        (g,) = torch.autograd.grad(distance, self._x, retain_graph=True)
+        a1, a2 = distance_weights(self.values, ids, boost=boost)
+        if a1 == 0.0 and a2 == 0.0:
+            # Boosting entries that are ~0 leaves the target on the profile's ray: D_C stays 0.
+            return torch.zeros_like(self._x[0])
+        # ∂D/∂ŝ in closed form (float64 weights), then ONE vector-Jacobian product through the
+        # kept graph; retain_graph: the next filter set reuses the same differentiable profile.
+        v = self.values.to(torch.float64) * a1
+        v[ids] += self.values[ids].to(torch.float64) * a2
+        (g,) = torch.autograd.grad(self.profile, self._x, grad_outputs=v.to(self.values.dtype), retain_graph=True)
         return g[0].detach()
 
     def release(self) -> None:
