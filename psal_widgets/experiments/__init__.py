@@ -12,4 +12,25 @@ from __future__ import annotations
 
 from .base import EXPERIMENTS, ExperimentConfig, ExperimentContext, ExperimentSpec, register, run_experiment
 
-__all__ = ["EXPERIMENTS", "ExperimentConfig", "ExperimentContext", "ExperimentSpec", "register", "run_experiment"]
+__all__ = [
+    "EXPERIMENTS", "ExperimentConfig", "ExperimentContext", "ExperimentSpec", "figures", "register",
+    "run_experiment", "show",
+]
+
+
+def figures(result: dict) -> list[str]:
+    """Absolute paths of the PNG figures a run wrote (from its ``result.json`` content)."""
+    from pathlib import Path
+
+    return [str(Path(result["out"]) / f) for f in result.get("files", []) if f.endswith(".png")]
+
+
+def show(result: dict, *, summary: bool = True) -> None:
+    """In a notebook: print a run's summary lines and display its PNG figures."""
+    if summary:
+        for line in result.get("summary", []):
+            print(line)
+    from IPython.display import Image, display
+
+    for path in figures(result):
+        display(Image(filename=path))

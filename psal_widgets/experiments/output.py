@@ -95,6 +95,7 @@ class ResultWriter:
             "package_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": [*self.files, "result.json"],
+            "out": str(self.out.resolve()),
         }
         doc = to_jsonable(doc)
         self.path("result.json").write_text(json.dumps(doc, indent=2) + "\n")
