@@ -23,6 +23,7 @@ from .kernels.cam import cam_map
 from .kernels.filters import FilterIndex
 from .kernels.layout import sorted_profile
 from .kernels.saliency import InputSaliency
+from .kernels.standardize import zscore
 from .kernels.stats import FilterStats
 from .labels import ilsvrc_val_label
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -150,8 +151,10 @@ class Analysis:
         self._kernel = kernel
         #: Profile in the explainer's mode, shape [F].
         self.profile: np.ndarray = kernel.values.cpu().double().numpy()
-        #: Mean |grad| per filter, shape [F].
+        #: Raw profile of the mode, shape [F]: mean |grad| per filter (mean grad for ``signed``).
         self.raw: np.ndarray = kernel.raw.cpu().double().numpy()
+        #: Mean |grad| per filter whatever the mode, shape [F] (what the statistics describe).
+        self.abs_raw: np.ndarray = kernel.abs_raw.cpu().double().numpy()
         #: Class probabilities, shape [C].
         self.probs: np.ndarray = torch.softmax(kernel.logits.float(), dim=0).cpu().numpy()
 
@@ -164,11 +167,15 @@ class Analysis:
         return self.explainer.model.labels.name(self.label)
 
     def standardized(self) -> np.ndarray | None:
-        """The standardized profile (whatever the mode), shape [F]; None without statistics."""
+        """The standardized profile whatever the mode, shape [F]; None without statistics.
+
+        Always the z-score of the ABSOLUTE raw profile: the validation statistics describe mean
+        |grad| per filter, so a signed profile cannot be standardized with them.
+        """
         stats = self.explainer.stats
         if stats is None:
             return None
-        return (self.raw - stats.mean.numpy()) / stats.safe_std().numpy()
+        return zscore(self.abs_raw, stats.mean.numpy(), stats.std.numpy())
 
     def prediction(self, top: int = 5) -> list[Prediction]:
         """The ``top`` most probable classes, descending."""
