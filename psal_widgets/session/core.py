@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .._types import CAM_METHODS, SortedProfile
+from ..data import LabeledImages
 from ..explainer import Analysis, Explainer
 from ..kernels.device import same_device
 from ..kernels.stats import FilterStats
@@ -214,7 +215,7 @@ class Session:
 
     # -- dataset (read-only) ---------------------------------------------------------------
     @property
-    def dataset(self) -> Any:
+    def dataset(self) -> LabeledImages | None:
         """The :class:`~psal_widgets.data.LabeledImages` of ``data=``, else None."""
         return None if self._data is None else self._data.dataset
 
