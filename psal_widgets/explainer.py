@@ -5,33 +5,38 @@
 >>> a.top_filters(10)                                 # the most salient filters
 >>> heat = a.input_map()                              # [224, 224] in [0, 1], top-10 boosted
 >>> heat2 = a.input_map(filters=[17, 2048])           # any filter set: one backward pass
+
+All torch compute the explorer's session needs goes through this module (predictions, analyses,
+CAMs, pruning): ``psal_widgets.session`` itself imports no torch.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ._types import CamMethod, Mode, SortedProfile
-from .data import load_image
-from .kernels.cam import cam_map
+from .kernels.cam import cam_map, conv_layer_names
 from .kernels.filters import FilterIndex
+from .kernels.interventions import FilterPruner
 from .kernels.layout import sorted_profile
 from .kernels.saliency import InputSaliency
+from .kernels.standardize import zscore
 from .kernels.stats import FilterStats
-from .labels import ilsvrc_val_label
 from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .session.resolve import choose_label, known_label, known_label_index, read_image
 from .store import StatsError, default_stats_dir, load_stats
 from .viz.heatmap import saliency_heatmap
 
-__all__ = ["Analysis", "Explainer", "Prediction"]
+__all__ = ["Analysis", "Explainer", "Prediction", "known_label"]
 
-ImageLike = str | os.PathLike[str] | bytes | Image.Image
+#: An image: a path, encoded bytes, a PIL image, or a display array (uint8 [H, W, 3], already
+#: resized and cropped as :meth:`Preprocess.display` makes it).
+ImageLike = str | os.PathLike[str] | bytes | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,15 @@ class Explainer:
                 "or use --mode raw"
             )
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live."""
+        return self.model.device
+
+    def cam_layers(self) -> list[str]:
+        """Conv layer names a CAM can attach to, in module order (the default is the last)."""
+        return conv_layer_names(self.model.module)
+
     def prepare(self, image: ImageLike) -> tuple[torch.Tensor, np.ndarray]:
         """Load and preprocess an image.
 
@@ -92,9 +106,24 @@ class Explainer:
         -------
         (Tensor [3, H, W] on the model's device, np.ndarray uint8 [H, W, 3] as the model sees it)
         """
-        pil = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-        x = self.model.preprocess(pil).to(self.model.device)
-        return x, self.model.preprocess.display(pil)
+        if isinstance(image, np.ndarray):
+            shown = image
+        else:
+            shown = self.model.preprocess.display(read_image(image).pil)
+        # normalize(display(img)) equals preprocess(img) exactly (see Preprocess.normalize).
+        return self.model.preprocess.normalize(shown).to(self.model.device), shown
+
+    def predict(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Class probabilities of one image, shape [C] (float32).
+
+        Parameters
+        ----------
+        image : np.ndarray uint8 [H, W, 3] (a display image) or Tensor [3, H, W] (preprocessed)
+        """
+        x = image if isinstance(image, torch.Tensor) else self.prepare(image)[0]
+        with torch.no_grad():
+            logits = self.model.module(x.to(self.model.device).unsqueeze(0))[0]
+        return torch.softmax(logits.float(), dim=0).cpu().numpy()
 
     def analyze(
         self,
@@ -102,31 +131,35 @@ class Explainer:
         *,
         label: int | str | None = None,
         mode: Mode | None = None,
+        known: int | str | None = None,
     ) -> Analysis:
-        """Profile one image for ``label`` (index, WordNet id or name; the prediction if None).
+        """Profile one image for ``label`` (index, WordNet id or name).
 
-        A tensor ``image`` must already be preprocessed, shape [3, H, W].
+        Without ``label`` the image's known label is studied (``known``, a ``labels.csv``
+        beside the file, an ILSVRC2012 validation file name; see
+        :mod:`psal_widgets.session.resolve`, shared with the explorer), else the prediction.
+        A tensor ``image`` must already be preprocessed, shape [3, H, W]; a NumPy array is a
+        display image, uint8 [H, W, 3].
         """
+        path = None
         if isinstance(image, torch.Tensor):
             x = image.detach().to(self.model.device)
             shown = self.model.preprocess.denormalize(x.cpu())
-        else:
+        elif isinstance(image, np.ndarray):
             x, shown = self.prepare(image)
-        label_source = "given"
-        if label is None and isinstance(image, (str, os.PathLike)):
-            label = known_label(image)
-            label_source = "known"
-        if label is None:
-            with torch.no_grad():
-                label_idx = int(self.model.module(x.unsqueeze(0)).argmax(dim=1))
-            label_source = "prediction"
         else:
-            label_idx = self.model.labels.resolve(label)
-            label_source = "known" if label_source == "known" else "given"
+            loaded = read_image(image)
+            path = loaded.path
+            x, shown = self.prepare(self.model.preprocess.display(loaded.pil))
+        labels = self.model.labels
+        choice = choose_label(labels, label, known_label_index(labels, path=path, known=known))
+        label_idx = choice.index
+        if label_idx is None:
+            label_idx = int(np.argmax(self.predict(x)))
         kernel = InputSaliency(
             self.model.module, x, label_idx, index=self.index, stats=self.stats, mode=mode or self.mode
         )
-        return Analysis(self, x, shown, label_idx, label_source, kernel)
+        return Analysis(self, x, shown, label_idx, choice.source, kernel)
 
 
 class Analysis:
@@ -150,8 +183,10 @@ class Analysis:
         self._kernel = kernel
         #: Profile in the explainer's mode, shape [F].
         self.profile: np.ndarray = kernel.values.cpu().double().numpy()
-        #: Mean |grad| per filter, shape [F].
+        #: Raw profile of the mode, shape [F]: mean |grad| per filter (mean grad for ``signed``).
         self.raw: np.ndarray = kernel.raw.cpu().double().numpy()
+        #: Mean |grad| per filter whatever the mode, shape [F] (what the statistics describe).
+        self.abs_raw: np.ndarray = kernel.abs_raw.cpu().double().numpy()
         #: Class probabilities, shape [C].
         self.probs: np.ndarray = torch.softmax(kernel.logits.float(), dim=0).cpu().numpy()
 
@@ -164,11 +199,15 @@ class Analysis:
         return self.explainer.model.labels.name(self.label)
 
     def standardized(self) -> np.ndarray | None:
-        """The standardized profile (whatever the mode), shape [F]; None without statistics."""
+        """The standardized profile whatever the mode, shape [F]; None without statistics.
+
+        Always the z-score of the ABSOLUTE raw profile: the validation statistics describe mean
+        |grad| per filter, so a signed profile cannot be standardized with them.
+        """
         stats = self.explainer.stats
         if stats is None:
             return None
-        return (self.raw - stats.mean.numpy()) / stats.safe_std().numpy()
+        return zscore(self.abs_raw, stats.mean.numpy(), stats.std.numpy())
 
     def prediction(self, top: int = 5) -> list[Prediction]:
         """The ``top`` most probable classes, descending."""
@@ -204,9 +243,9 @@ class Analysis:
     def cam(
         self, *, method: CamMethod = "gradcam", target: int | str | None = None, layer: str | None = None
     ) -> np.ndarray:
-        """A CAM map for ``target`` (the predicted class by default), shape [H, W] in [0, 1]."""
+        """A CAM map for ``target`` (default: the analysed label), shape [H, W] in [0, 1]."""
         names = self.explainer.model.labels
-        cls = int(np.argmax(self.probs)) if target is None else names.resolve(target)
+        cls = self.label if target is None else names.resolve(target)
         return cam_map(self.explainer.model.module, self.x, target_class=cls, method=method, layer=layer)
 
     def sorted_profile(self) -> SortedProfile:
@@ -222,22 +261,31 @@ class Analysis:
             for i, la, c in zip(ids, layers, channels)
         ]
 
+    def pruner(self) -> FilterPruner:
+        """A :class:`FilterPruner` for the model (this image traces the conv -> batch norm pairs).
+
+        Reusable for any image of the same model: keep it to skip the trace next time.
+        """
+        return FilterPruner(self.explainer.model.module, self.index, self.x)
+
+    def pruned_probabilities(
+        self, filters: Sequence[int] | np.ndarray, *, pruner: FilterPruner | None = None
+    ) -> np.ndarray:
+        """Class probabilities of this image with ``filters`` turned off, shape [C] (float32).
+
+        The filters' weights and their batch norm's bias are zeroed on a copy of the
+        parameters (paper §3.1); the model is untouched.
+
+        Parameters
+        ----------
+        filters : sequence of int, shape [K]
+        pruner : FilterPruner, optional
+            From :meth:`pruner` (built here when omitted).
+        """
+        pruner = pruner if pruner is not None else self.pruner()
+        logits = pruner.logits(self.x, np.asarray(filters, dtype=np.int64))
+        return torch.softmax(logits.float(), dim=0).cpu().numpy()
+
     def release(self) -> None:
         """Free the kept graph (further input maps then fail)."""
         self._kernel.release()
-
-
-def known_label(path: str | os.PathLike[str]) -> str | int | None:
-    """The label of an image, if known: a ``labels.csv`` beside it (``file,label``), or its
-    ILSVRC2012 validation file name."""
-    import csv
-
-    p = Path(path)
-    table = p.parent / "labels.csv"
-    if not table.is_file():
-        return ilsvrc_val_label(p.name)
-    with table.open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            if Path(row.get("file", "")).name == p.name and row.get("label"):
-                return row["label"]
-    return ilsvrc_val_label(p.name)

@@ -347,12 +347,15 @@ def load_model(
     path = Path(weights).expanduser() if weights is not None else None
     if path is not None and not path.is_file():
         raise ModelError(f"weights file not found: {path}")
-    if random_weights:
-        torch.manual_seed(seed)
     key = name.strip()
-    # On the meta device nothing is allocated or initialised: enough to read a filter layout.
-    with torch.device("meta") if dev.type == "meta" else contextlib.nullcontext():
-        key, module, preprocess, checksum = _build(key, path, random_weights, is_offline(offline))
+    # A seeded initialisation must not reseed the caller's global RNG: fork it (CPU only, where
+    # modules are initialised; the CUDA generators are never touched) and seed the fork.
+    with torch.random.fork_rng(devices=[], enabled=random_weights):
+        if random_weights:
+            torch.default_generator.manual_seed(seed)
+        # On the meta device nothing is allocated or initialised: enough to read a filter layout.
+        with torch.device("meta") if dev.type == "meta" else contextlib.nullcontext():
+            key, module, preprocess, checksum = _build(key, path, random_weights, is_offline(offline))
     module.eval().to(dev)
     weights_id = f"random:seed={seed}" if random_weights else checksum
     return LoadedModel(key, module, preprocess, imagenet_labels(), weights_id, dev)

@@ -254,3 +254,76 @@ def test_basis_maps_reproduce_the_direct_gradient():
                                    rtol=1e-9, atol=1e-14)
     with pytest.raises(KeyError, match="add"):
         basis.gradient([0])
+
+
+# -- one requires_grad helper, one standardization, a load_model that keeps the global RNG --------
+def test_requires_grad_helper_restores_each_flag_even_on_error(tiny):
+    from psal_widgets.kernels.grad_mode import requires_grad
+
+    tiny.dw.weight.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in tiny.named_parameters()}
+    with requires_grad(tiny.parameters(), True) as params:
+        assert all(p.requires_grad for p in params) and len(params) == len(before)
+    assert {n: p.requires_grad for n, p in tiny.named_parameters()} == before
+    with pytest.raises(RuntimeError, match="boom"), requires_grad(tiny.parameters(), False):
+        assert not any(p.requires_grad for p in tiny.parameters())
+        raise RuntimeError("boom")
+    assert {n: p.requires_grad for n, p in tiny.named_parameters()} == before
+
+
+def test_zscore_is_one_formula_for_numpy_and_torch():
+    from psal_widgets.kernels.neighbours import standardize_bank
+    from psal_widgets.kernels.standardize import zscore
+
+    rng = np.random.default_rng(5)
+    raw = rng.gamma(2.0, 1.0, size=(4, 6))
+    mean, std = rng.uniform(1, 2, 6), rng.uniform(0.5, 1.5, 6)
+    std[[1, 4]] = [0.0, 1e-15]  # dead filters: divided by 1
+    expected = (raw - mean) / np.where(std <= 1e-14, 1.0, std)  # written out here
+    copies = raw.copy(), mean.copy(), std.copy()
+    np.testing.assert_allclose(zscore(raw, mean, std), expected, rtol=1e-12)
+    t = zscore(torch.from_numpy(raw), torch.from_numpy(mean), torch.from_numpy(std))
+    np.testing.assert_allclose(t.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(standardize_bank(raw.astype(np.float16), mean, std),
+                               zscore(raw.astype(np.float16), mean, std), rtol=1e-6)
+    stats = FilterStats(torch.from_numpy(mean), torch.from_numpy(std))
+    np.testing.assert_allclose(standardize(torch.from_numpy(raw), stats, "std").numpy(), expected, rtol=1e-12)
+    for arr, orig in zip((raw, mean, std), copies):
+        np.testing.assert_array_equal(arr, orig)  # nothing mutated
+
+
+def test_standardized_uses_absolute_gradients_in_every_mode(tiny):
+    """The statistics describe mean |grad|: a signed analysis must not be standardized with them."""
+    from psal_widgets.data import Preprocess
+    from psal_widgets.explainer import Explainer
+    from psal_widgets.models import from_module
+
+    model = from_module(tiny, labels=["a", "b", "c"], preprocess=Preprocess(resize=12, crop=12), device="cpu")
+    mean = torch.rand(13, dtype=torch.float64) * 0.1
+    std = torch.rand(13, dtype=torch.float64) + 0.5
+    stats = FilterStats(mean, std)
+    image = np.random.default_rng(0).integers(0, 256, size=(12, 12, 3), dtype=np.uint8)
+    x = model.preprocess.normalize(image)
+    ref = (reference_profile(tiny, x, 1) - mean) / std  # |grad| of a plain loop
+    ref_signed = reference_profile(tiny, x, 1, signed=True)
+    for mode in ("std", "signed", "raw"):
+        a = Explainer(model, stats=stats, mode=mode).analyze(x, label=1)
+        np.testing.assert_allclose(a.standardized(), ref.numpy(), rtol=1e-5, atol=1e-8)
+        a.release()
+    signed = Explainer(model, stats=stats, mode="signed").analyze(x, label=1)
+    np.testing.assert_allclose(signed.profile, ref_signed.numpy(), rtol=1e-5, atol=1e-9)
+    assert not np.allclose(np.abs(signed.raw), signed.abs_raw)  # signed means differ from |grad| means
+
+
+def test_load_model_keeps_the_global_rng():
+    from psal_widgets.models import load_model
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = load_model(random_weights=True, seed=4, device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = load_model(random_weights=True, seed=4, device="cpu")
+    c = load_model(random_weights=True, seed=5, device="cpu")
+    wa, wb, wc = (next(m.module.parameters()) for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)  # the seed still decides the weights
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 import json
+import os
+import zipfile
 
 import cv2
 import numpy as np
@@ -15,8 +17,9 @@ from psal_widgets.data import ImageError
 from psal_widgets.kernels import FilterIndex
 from psal_widgets.kernels.neighbours import cosine_neighbours, layer_columns, standardize_bank
 from psal_widgets.labels import UnknownLabelError
-from psal_widgets.session import Session, SessionError, Stroke
+from psal_widgets.session import CamView, Session, SessionError, Stroke
 from psal_widgets.store import StatsError
+from psal_widgets.viz.heatmap import overlay
 
 from .conftest import ROOT, VAL800, make_tiny, needs_data
 
@@ -153,7 +156,10 @@ def test_brush_then_undo_restores_exactly(session):
     assert report["before"]["prob_pred"] == pytest.approx(probs0.max())
     assert report["after"]["prob_label"] == pytest.approx(s.probabilities()[s.label])
     assert report["after"]["prob_label"] != report["before"]["prob_label"]
-    assert [r["id"] for r in report["filters"]] == f0 == s.filters
+    # The report is about F as it was; in top-k mode F then follows the masked image's profile.
+    assert [r["id"] for r in report["filters"]] == f0
+    assert s.filter_mode == "top-k"
+    assert s.filters == np.argsort(-s.profile(), kind="stable")[:10].tolist() != f0
     r0 = report["filters"][0]
     assert r0["before"] == pytest.approx(profile0[f0[0]])
     assert r0["change_pct"] == pytest.approx((r0["after"] - r0["before"]) / abs(r0["before"]) * 100)
@@ -200,10 +206,21 @@ def test_prune_kinds_leave_the_model_untouched(session):
     salient = s.prune("salient")
     random = s.prune("random", seed=1)
     least = s.prune("least", n=5)
+    probs = s.probabilities()
+    pred = int(np.argmax(probs))
     for r in (salient, random, least):
-        assert set(r) >= {"kind", "filters", "prediction", "prob_label", "top1"}
-        assert r["prob_label"][0] == pytest.approx(s.probabilities()[s.label])
+        assert set(r) >= {"kind", "filters", "prediction", "prob_label", "top1", "prob_pred", "pred", "label"}
+        assert r["prob_label"][0] == pytest.approx(probs[s.label])
+        assert r["prob_pred"][0] == pytest.approx(probs[pred])
+        assert r["pred"] == {"index": pred, "name": "academic gown"}
+        assert r["label"] == {"index": s.label, "name": "military uniform"}
+        assert r["prediction_before"] == s.prediction(5)
         assert len(r["prediction"]) == 5
+        # prob_pred follows the class predicted BEFORE: after pruning, read it from the top 5
+        # when it is still there.
+        after = {c["index"]: c["prob"] for c in r["prediction"]}
+        if pred in after:
+            assert r["prob_pred"][1] == pytest.approx(after[pred])
     assert salient["filters"] == s.filters and len(random["filters"]) == len(s.filters)
     assert least["filters"] == np.argsort(s.profile(), kind="stable")[:5].tolist()
     assert (
@@ -254,6 +271,7 @@ def test_bad_images_keep_the_state(session, tmp_path):
 def test_export_writes_the_files(session, tmp_path):
     s = session
     paths = s.export(tmp_path / "out")
+    assert all(p.is_absolute() and p.is_file() for p in paths)
     names = {p.name for p in paths}
     assert names >= {"profile.csv", "filters.json", "input_map.png", "overlay.png", "gradcam.png"}
     with (tmp_path / "out" / "profile.csv").open() as fh:
@@ -273,6 +291,77 @@ def test_export_writes_the_files(session, tmp_path):
     for png in ("input_map.png", "overlay.png", "gradcam.png"):
         img = cv2.imread(str(tmp_path / "out" / png), cv2.IMREAD_UNCHANGED)
         assert img is not None and img.shape[:2] == (224, 224)
+
+
+@pytest.mark.slow
+def test_cam_explains_the_label_under_study_by_default(session):
+    """Grace Hopper: labelled 'military uniform', predicted 'academic gown' (GUIDE §3)."""
+    s = session
+    label, pred = s.label, int(np.argmax(s.probabilities()))
+    assert s.labels.name(pred) == "academic gown" and label != pred
+    assert s.cam_view == CamView() and s.cam_target() == {"index": label, "name": "military uniform", "source": "label"}
+    default = s.cam()
+    np.testing.assert_array_equal(default, s.cam(target=label))
+    assert not np.allclose(default, s.cam(target=pred), atol=1e-3)  # the two classes differ
+    # The view follows the label until a class is chosen.
+    s.set_label("academic gown")
+    assert s.cam_target()["index"] == pred
+    np.testing.assert_array_equal(s.cam(), s.cam(target=pred))
+    s.set_label(None)
+    v = s.version
+    layer = s.cam_layers()[-2]
+    view = s.set_cam_view(method="gradcam++", target="academic gown", layer=layer)
+    assert view == CamView("gradcam++", pred, layer) == s.cam_view and s.version == v + 1
+    assert s.cam_target() == {"index": pred, "name": "academic gown", "source": "chosen"}
+    np.testing.assert_array_equal(s.cam(), s.cam(method="gradcam++", target=pred, layer=layer))
+    assert s.set_cam_view(layer=None).layer is None and s.cam_view.method == "gradcam++"
+    with pytest.raises(ValueError, match="CAM method"):
+        s.set_cam_view(method="gradcam+")
+    with pytest.raises(ValueError, match="no conv layer"):
+        s.set_cam_view(layer="conv_tail")
+    with pytest.raises(UnknownLabelError):
+        s.set_cam_view(target="academic gwn")
+
+
+@pytest.mark.slow
+def test_export_is_what_is_on_screen_and_the_zip_holds_the_same_bytes(session, tmp_path, monkeypatch):
+    s = session
+    s.set_filters(s.filters[:4])
+    s.set_percentile(80)
+    s.set_cam_view(method="gradcam++", target="academic gown")
+    monkeypatch.chdir(tmp_path)
+    paths = s.export("relative/out", extra={"profile.html": "<html></html>"})
+    folder = (tmp_path / "relative" / "out").resolve()
+    assert [p.parent for p in paths] == [folder] * len(paths)  # absolute, whatever the cwd
+    names = [p.name for p in paths]
+    assert names == ["profile.csv", "filters.json", "image.png", "input_map.png", "overlay.png",
+                     "gradcam.png", "profile.html"]
+
+    def png(name):
+        bgr = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else bgr
+
+    np.testing.assert_array_equal(png("gradcam.png"), overlay(s.image, s.cam()))
+    # Not what export wrote before (plain GradCAM for the predicted class, here the same class).
+    plain = overlay(s.image, s.cam(method="gradcam", target=int(np.argmax(s.probabilities()))))
+    assert not np.array_equal(png("gradcam.png"), plain)
+    np.testing.assert_array_equal(png("input_map.png"), np.round(s.input_map() * 255).astype(np.uint8))
+    np.testing.assert_array_equal(png("image.png"), s.image)
+    meta = json.loads((folder / "filters.json").read_text())
+    assert meta["filter_mode"] == "custom" and [f["id"] for f in meta["filters"]] == s.filters
+    assert meta["percentile"] == 80.0
+    assert meta["cam"] == {
+        "method": "gradcam++",
+        "target": {"index": s.cam_target()["index"], "name": "academic gown", "source": "chosen"},
+        "layer": s.cam_layers()[-1],
+    }
+    assert meta["files"] == names
+
+    blob = s.export_zip(extra={"profile.html": "<html></html>"})
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        assert zf.namelist() == names
+        for p in paths:
+            assert zf.read(p.name) == p.read_bytes(), p.name
 
 
 # -- dataset browser and neighbours (shared data) -------------------------------------------------

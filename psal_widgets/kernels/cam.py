@@ -7,6 +7,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from .._types import CAM_METHODS, CamMethod
+from .grad_mode import requires_grad
 
 __all__ = ["cam_map", "conv_layer_names", "default_cam_layer"]
 
@@ -65,20 +66,17 @@ def cam_map(
     if name not in modules:
         raise ValueError(f"no layer named {name!r}; conv layers are e.g. {conv_layer_names(model)[-3:]}")
     was_training = model.training
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    # Gradients flow from the input instead of the weights, so that the package's backward
-    # pass leaves no .grad on the user's parameters.
-    for p in params:
-        p.requires_grad_(False)
-    # An input that requires grad keeps the graph alive through the now-frozen weights.
+    # An input that requires grad keeps the graph alive through the frozen weights.
     x = image.detach().clone().unsqueeze(0).requires_grad_(True)
     try:
-        with _METHODS[method](model=model, target_layers=[modules[name]]) as cam:
+        # Gradients flow from the input instead of the weights, so that the package's backward
+        # pass leaves no .grad on the user's parameters.
+        with (
+            requires_grad(model.parameters(), False),
+            _METHODS[method](model=model, target_layers=[modules[name]]) as cam,
+        ):
             heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target_class))])
     finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
         model.train(was_training)
     out = np.nan_to_num(np.asarray(heat[0], dtype=np.float32))
     return np.clip(out, 0.0, 1.0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pick_device"]
+__all__ = ["pick_device", "same_device"]
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -39,3 +39,23 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asked for, but MPS is not available here: use --device cpu")
     return dev
+
+
+def same_device(actual: str | torch.device, wanted: str | torch.device) -> bool:
+    """Whether ``wanted`` names the device ``actual`` (``cuda`` is the current CUDA device).
+
+    Parameters
+    ----------
+    actual : str or torch.device
+        Where something lives.
+    wanted : str or torch.device
+        What a caller asks for; ``auto`` matches the device :func:`pick_device` would choose.
+    """
+    a = torch.device(actual)
+    w = pick_device(wanted) if wanted == "auto" else torch.device(wanted)
+    if a.type != w.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (w.index if w.index is not None else current)

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from .filters import FilterIndex
+from .standardize import zscore
 
 __all__ = ["cosine_neighbours", "cosine_similarities", "layer_columns", "standardize_bank"]
 
 
 def standardize_bank(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardize raw profiles: ``(raw - mean) / std`` with ``std <= 1e-14`` taken as 1.
+    """Standardize raw profiles with :func:`.standardize.zscore` (``std <= 1e-14`` taken as 1).
 
     Parameters
     ----------
@@ -39,12 +40,10 @@ def standardize_bank(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
             f"profiles of shape {bank.shape} do not match statistics of {mu.shape[0]} filters: "
             "they were computed for another model"
         )
-    sd = np.where(sd <= 1e-14, 1.0, sd)
     out = np.empty(bank.shape, dtype=np.float32)
     # Row blocks keep the float64 temporaries small (800 x 21k floats would be 134 MB at once).
     for start in range(0, bank.shape[0], 256):
-        block = bank[start : start + 256].astype(np.float64)
-        out[start : start + 256] = (block - mu) / sd
+        out[start : start + 256] = zscore(bank[start : start + 256], mu, sd)
     return out
 
 

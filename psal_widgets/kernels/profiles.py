@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._types import MODES, Mode, Strategy
+from .._types import Mode, Strategy
 from .filters import FilterIndex
+from .grad_mode import requires_grad
+from .standardize import profile_mode
 from .stats import FilterStats
 
 __all__ = ["ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize"]
@@ -45,17 +47,12 @@ def eval_mode(model: nn.Module, index: FilterIndex) -> Iterator[list[nn.Paramete
     Eval mode matters: batch norm must use its running statistics so that each sample's
     gradient does not depend on the rest of the batch. Yields the conv weights in index order.
     """
-    weights = conv_weights(model, index)
     was_training = model.training
-    flags = [w.requires_grad for w in weights]
     model.eval()
-    for w in weights:
-        w.requires_grad_(True)
     try:
-        yield weights
+        with requires_grad(conv_weights(model, index), True) as weights:
+            yield weights
     finally:
-        for w, flag in zip(weights, flags):
-            w.requires_grad_(flag)
         model.train(was_training)
 
 
@@ -87,33 +84,11 @@ def per_filter(grads: Sequence[Tensor], *, signed: bool = False) -> Tensor:
 
 
 def standardize(raw: Tensor, stats: FilterStats | None, mode: Mode) -> Tensor:
-    """Turn a raw profile into the profile of ``mode``; never mutates its inputs.
+    """Turn a raw profile into the profile of ``mode`` (see :func:`.standardize.profile_mode`).
 
-    Parameters
-    ----------
-    raw : Tensor, shape [..., F]
-    stats : FilterStats or None
-        Needed for ``std`` and ``norm``.
-    mode : {"std", "raw", "norm", "signed"}
+    Kept under this name for existing callers; the formula lives in :mod:`.standardize`.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode in ("raw", "signed"):
-        return raw
-    if stats is None:
-        raise ValueError(
-            f"mode {mode!r} needs validation statistics for this model: compute them with "
-            "`psal stats --data DIR`, pass --stats DIR, or use --mode raw"
-        )
-    if stats.n_filters != raw.shape[-1]:
-        raise ValueError(
-            f"the statistics describe {stats.n_filters} filters but the model has {raw.shape[-1]}: "
-            "they belong to another model"
-        )
-    mean = stats.mean.to(device=raw.device, dtype=raw.dtype)
-    if mode == "std":
-        return (raw - mean) / stats.safe_std().to(device=raw.device, dtype=raw.dtype)
-    return raw / stats.safe_mean().to(device=raw.device, dtype=raw.dtype)
+    return profile_mode(raw, stats, mode)
 
 
 def _resolve_strategy(strategy: Strategy, device: torch.device) -> str:

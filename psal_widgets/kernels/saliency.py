@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from .._types import Mode
 from .filters import FilterIndex
-from .profiles import conv_weights, per_filter, standardize
+from .grad_mode import requires_grad
+from .profiles import conv_weights, per_filter
+from .standardize import profile_mode
 from .stats import FilterStats
 
 __all__ = ["InputSaliency", "NEGLIGIBLE", "boosted_target", "cosine_distance", "distance_weights", "negligible_set"]
@@ -130,23 +132,20 @@ class InputSaliency:
         self.index = index
         self.label = int(label)
         self._x = x.requires_grad_(True)
-        weights = conv_weights(model, index)
-        flags = [w.requires_grad for w in weights]
-        for w in weights:
-            w.requires_grad_(True)
-        try:
+        with requires_grad(conv_weights(model, index), True) as weights:
             logits = model(self._x)
             loss = F.cross_entropy(logits, torch.tensor([self.label], device=x.device))
             grads = torch.autograd.grad(loss, weights, create_graph=True)
-        finally:
-            for w, flag in zip(weights, flags):
-                w.requires_grad_(flag)
-        raw = per_filter(grads, signed=mode == "signed")
+        signed = mode == "signed"
+        raw = per_filter(grads, signed=signed)
         #: The differentiable profile, shape [F] (its graph is kept for later queries).
-        self.profile: Tensor | None = standardize(raw, stats, mode)
+        self.profile: Tensor | None = profile_mode(raw, stats, mode)
         #: Detached copies for callers.
         self.values: Tensor = self.profile.detach()
+        #: The raw profile of the mode, shape [F]: mean |grad| per filter (mean grad if signed).
         self.raw: Tensor = raw.detach()
+        #: Mean |grad| per filter whatever the mode, shape [F]: what validation statistics describe.
+        self.abs_raw: Tensor = per_filter([g.detach() for g in grads]) if signed else self.raw
         self.logits: Tensor = logits.detach()[0]
 
     # -- queries -------------------------------------------------------------------------

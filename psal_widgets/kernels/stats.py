@@ -9,8 +9,7 @@ from torch import Tensor
 
 __all__ = ["FilterStats", "RunningMoments"]
 
-#: Below this a filter's std counts as zero (dead filter); it is divided by 1 instead.
-STD_FLOOR = 1e-14
+from .standardize import STD_FLOOR, safe_std
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class FilterStats:
 
     def safe_std(self) -> Tensor:
         """``std`` with dead filters (std <= 1e-14) set to 1: a new tensor, ``std`` is untouched."""
-        return torch.where(self.std <= STD_FLOOR, torch.ones_like(self.std), self.std)
+        return safe_std(self.std)
 
     def safe_mean(self) -> Tensor:
         """``mean`` with (near) zeros set to 1, for the ``norm`` mode; a new tensor."""

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from .._types import SortedProfile
 from .figures import label_positions
 
-__all__ = ["image_png", "profile_png", "triptych_png"]
+__all__ = ["encode_png", "image_png", "profile_png", "triptych_png"]
 
 _DPI = 120
 _POINT_COLOR = "#1f77b4"
@@ -136,6 +136,32 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode an image as PNG bytes (what :func:`image_png` writes).
+
+    Parameters
+    ----------
+    array : np.ndarray, shape [H, W, 3] or [H, W]
+        RGB (uint8, or float in [0, 1]) or grayscale (uint8, or float in [0, 1]).
+
+    Returns
+    -------
+    bytes
+    """
+    arr = _to_uint8(array)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        # OpenCV stores BGR.
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)
+    elif arr.ndim != 2:
+        raise ValueError(f"image must have shape [H, W, 3] or [H, W], got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise OSError(f"OpenCV could not encode a PNG of shape {arr.shape}")
+    return buf.tobytes()
+
+
 def image_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write an image as PNG, whatever the file suffix.
 
@@ -150,20 +176,10 @@ def image_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     -------
     Path
     """
-    arr = _to_uint8(array)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        # OpenCV stores BGR.
-        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)
-    elif arr.ndim != 2:
-        raise ValueError(f"image must have shape [H, W, 3] or [H, W], got {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
+    data = encode_png(array)
     # imencode + write_bytes rather than imwrite: works for any path encoding on every OS.
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
-    if not ok:
-        raise OSError(f"OpenCV could not encode a PNG for {path}")
     out = _prepare_path(path)
-    out.write_bytes(buf.tobytes())
+    out.write_bytes(data)
     return out
 
 
