@@ -279,16 +279,27 @@ def app(default_explainer, tmp_path_factory):
 
 
 def _points_message(
-    event_type: str, trace: int, point_inds: list[int], selector: dict | None = None
+    event_type: str,
+    trace: int,
+    point_inds: list[int],
+    selector: dict | None = None,
+    *,
+    figure=None,
 ) -> dict:
-    """What plotly's FigureWidget front end sends for a click or a selection."""
+    """What plotly's FigureWidget front end sends for a click or a selection: the points'
+    indices and their coordinates as drawn (read from ``figure``; zeros without one)."""
+    xs = ys = [0.0] * len(point_inds)
+    if figure is not None:
+        data = figure.data[trace]
+        xs = [float(data.x[i]) for i in point_inds]
+        ys = [float(data.y[i]) for i in point_inds]
     return {
         "event_type": event_type,
         "points": {
             "trace_indexes": [trace] * len(point_inds),
             "point_indexes": list(point_inds),
-            "xs": [0.0] * len(point_inds),
-            "ys": [0.0] * len(point_inds),
+            "xs": xs,
+            "ys": ys,
         },
         "device_state": None,
         "selector": selector,
@@ -427,14 +438,14 @@ def test_click_toggles_a_filter_and_the_map_follows(app) -> None:
     fid = int(ids[point])
     before_map, before_version = app.maps_panel.map.value, app.map_version
     # Exactly what the browser sends for a click on that point of trace 0.
-    fig._js2py_pointsCallback = _points_message("plotly_click", 0, [point])
+    fig._js2py_pointsCallback = _points_message("plotly_click", 0, [point], figure=fig)
     app.wait_idle(60)
     assert s.filters[-1] == fid
     assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
     assert app.map_version > before_version
     assert app.maps_panel.map.value != before_map
     # Clicking the highlighted point (trace 1, its position in F) removes it again.
-    fig._js2py_pointsCallback = _points_message("plotly_click", 1, [len(s.filters) - 1])
+    fig._js2py_pointsCallback = _points_message("plotly_click", 1, [len(s.filters) - 1], figure=fig)
     app.wait_idle(60)
     assert fid not in s.filters and _highlight_ids(app) == s.filters
 
@@ -447,7 +458,7 @@ def test_box_selection_adds_every_selected_filter(app) -> None:
     points = [i for i in range(200, 260) if int(ids[i]) not in f0][:5]
     selector = {"type": "box", "selector_state": {"xrange": [0, 1], "yrange": [0, 1]}}
     app.profile_panel.figure._js2py_pointsCallback = _points_message(
-        "plotly_selected", 0, points, selector
+        "plotly_selected", 0, points, selector, figure=app.profile_panel.figure
     )
     app.wait_idle(60)
     assert s.filters == f0 + [int(ids[i]) for i in points]
