@@ -169,7 +169,8 @@ def _assert_first_screen(page: Page, size: dict, name: str) -> None:
     for part in ("chart", "map"):
         b = boxes[part]
         assert b is not None and b["w"] > 100 and b["h"] > 100, (part, b)
-        inside = b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= boxes["vw"] + 0.5 and b["y"] + b["h"] <= boxes["vh"] + 0.5
+        right, bottom = b["x"] + b["w"], b["y"] + b["h"]
+        inside = b["x"] >= 0 and b["y"] >= 0 and right <= boxes["vw"] + 0.5 and bottom <= boxes["vh"] + 0.5
         assert inside, f"{part} {b} is not inside the {size} viewport"
     assert boxes["app"]["w"] >= 0.95 * boxes["vw"] - 40, boxes  # the app uses the window's width
     assert boxes["legend"] == 2 and boxes["colorbars"] >= 2 and boxes["explain"] >= 6, boxes

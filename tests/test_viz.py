@@ -151,7 +151,7 @@ def test_overlay_shape_dtype_and_alpha_zero():
 def test_overlay_alpha_one_is_rgb_colormap():
     img = _photo()
     heat = np.zeros((12, 16))
-    heat[:, :4] = 0.2  # above the ramp: full opacity, jet's blue end
+    heat[:, :4] = 0.3  # above the ramp: full opacity, jet's blue end
     heat[:, 8:] = 1.0
     out = overlay(img, heat, alpha=1.0, colormap="jet")
     # jet: low -> blue, 1 -> dark red; in RGB order the blue/red channels must dominate.

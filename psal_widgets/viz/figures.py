@@ -346,7 +346,8 @@ def profile_layout(
             "tickmode": "array",
             "tickvals": [0.5 * (groups[i][0] + groups[i][1]) for i in shown.tolist()],
             "ticktext": [groups[i][2] for i in shown.tolist()],
-            "tickangle": -30 if len(shown) > 6 else 0,
+            # Steep enough that the names of two one-layer stages side by side do not overlap.
+            "tickangle": -60 if len(shown) > 6 else 0,
             "tickfont": {"size": 10},
             "showgrid": False,
             "zeroline": False,

@@ -127,14 +127,15 @@ def overlay(
     alpha: float = 0.5,
     colormap: str = "jet",
     weighted: bool = False,
-    ramp: float = 0.15,
+    ramp: float = 0.25,
 ) -> np.ndarray:
     """Blend a colour-mapped heat map over a photo; where the heat is 0 the photo shows unchanged.
 
     A thresholded saliency map is 0 on most pixels (everything below the threshold percentile).
     Painting those with the colour map's low end would cover most of the photo (jet's low end
     is navy), so the colour layer's opacity grows from 0 at heat 0 to ``alpha`` at heat
-    ``ramp`` and above: the photo stays visible wherever the map says "nothing here".
+    ``ramp`` and above (weak values are faint, strong ones fully coloured): the photo stays
+    visible wherever the map says "nothing here".
 
     Parameters
     ----------
@@ -149,7 +150,7 @@ def overlay(
         OpenCV colour map.
     weighted : bool, default False
         If True the opacity is ``alpha * heat`` per pixel (a linear ramp over the whole range).
-    ramp : float, default 0.15
+    ramp : float, default 0.25
         Heat at which the colour layer reaches full opacity ``alpha`` (linear from 0). 0 gives a
         hard edge: opacity ``alpha`` wherever heat > 0, none elsewhere.
 

@@ -10,8 +10,8 @@ app emits its :attr:`Explorer.changed` signal (on the worker) and each panel red
 event says changed; the app never calls a panel by name to redraw it.
 
 Layout (one screen at 1366 x 768): a header with the status line, a toolbar (image, upload,
-label), then the chart beside the image and its input map, then the prediction and the CAM,
-the report of the last mask change and the tools in tabs.
+label), then two columns: the chart with its controls, the report of the last mask change and
+the tools in tabs; beside it the image and its input map, the prediction and the CAM.
 """
 
 from __future__ import annotations
@@ -211,24 +211,6 @@ class Explorer(W.VBox):
                 padding="0 0 2px 0",
             ),
         )
-        left = W.VBox(
-            [self.profile_panel.widget], layout=W.Layout(flex="1 1 480px", min_width="0")
-        )
-        views = W.HBox(
-            [self.brush_panel.widget, self.maps_panel.map_box],
-            layout=W.Layout(grid_gap="12px"),
-        )
-        more = W.HBox(
-            [self.prediction_panel.widget, self.maps_panel.cam_box],
-            layout=W.Layout(grid_gap="12px"),
-        )
-        for box in (self.prediction_panel.widget,):
-            box.layout.width = self.brush_panel.widget.layout.width
-        right = W.VBox([views, more], layout=W.Layout(flex="0 0 auto"))
-        main = W.HBox(
-            [left, right],
-            layout=W.Layout(flex_flow="row wrap", width="100%", grid_gap="16px", margin="4px 0 0 0"),
-        )
         tabs = [self.prune_panel.widget, self.export_panel.widget]
         titles = ["Turn filters off", "Export"]
         if self.neighbours_panel is not None:
@@ -238,7 +220,27 @@ class Explorer(W.VBox):
             tabs.insert(0, self.image_panel.browser)
             titles.insert(0, "Dataset")
         self.tabs = W.Tab(children=tabs, titles=titles, layout=W.Layout(width="100%"))
-        return [header, toolbar, main, self.brush_panel.report, self.tabs]
+        # The tools under the chart: the right column (image, map, prediction, CAM) is taller
+        # than the chart, so this fills the left column instead of leaving a blank band.
+        left = W.VBox(
+            [self.profile_panel.widget, self.brush_panel.report, self.tabs],
+            layout=W.Layout(flex="1 1 480px", min_width="0", grid_gap="6px"),
+        )
+        views = W.HBox(
+            [self.brush_panel.widget, self.maps_panel.map_box],
+            layout=W.Layout(grid_gap="12px"),
+        )
+        self.prediction_panel.widget.layout.width = self.brush_panel.widget.layout.width
+        more = W.HBox(
+            [self.prediction_panel.widget, self.maps_panel.cam_box],
+            layout=W.Layout(grid_gap="12px"),
+        )
+        right = W.VBox([views, more], layout=W.Layout(flex="0 0 auto"))
+        main = W.HBox(
+            [left, right],
+            layout=W.Layout(flex_flow="row wrap", width="100%", grid_gap="16px", margin="4px 0 0 0"),
+        )
+        return [header, toolbar, main]
 
     # -- construction from the environment (the Voila dashboard) ---------------------------------
     @classmethod

@@ -36,8 +36,9 @@ class PredictionPanel:
             value=label_option(s.label, s.label_name),
             placeholder="type a class name",
             description="label",
-            width="330px",
+            width="300px",
         )
+        self.label.style.description_width = "initial"
         self.label.add_class("psal-label")
         self.source = W.HTML("")
         self.default = W.Button(

@@ -44,8 +44,13 @@ from .sizing import WidthProbe
 
 __all__ = ["CHART_HEIGHT", "DrawnChart", "ProfilePanel", "top_in_layers"]
 
-#: Chart height in pixels (with the toolbar above, it ends inside a 768-px-high window).
+#: Chart height in pixels (with the toolbar above, it ends inside a 768-px-high window); taller
+#: windows get a taller chart, up to _MAX_HEIGHT.
 CHART_HEIGHT = 390
+_MAX_HEIGHT = 560
+#: Window height taken by the header, toolbar and chart heading above the chart and by the
+#: controls below it.
+_AROUND_CHART = 380
 #: Width of the first render, before the browser reports the column's width.
 _FIRST_WIDTH = 720
 #: Drawings kept to resolve late clicks (a click older than this many redraws uses the newest).
@@ -153,7 +158,7 @@ class ProfilePanel:
         # Trace 0 holds every point (F included), so its selection is the whole selection.
         self.figure.data[PROFILE_TRACE].on_selection(g(self._selected_profile, "chart selection"))
         self.probe = WidthProbe()
-        self.probe.observe(g(self._resized, "chart width"), names="width")
+        self.probe.observe(g(self._resized, "chart size"), names=["width", "window_height"])
 
         n_layers = len(self._profile.layer_names)
         narrow = {"description_width": "initial"}
@@ -307,11 +312,16 @@ class ProfilePanel:
                 {"selectedpoints": [None]}, {"selections": []}, trace_indexes=[PROFILE_TRACE]
             )
 
-    def _resized(self, change: dict[str, Any]) -> None:
-        width = int(change["new"])
-        if width > 200:
-            with self._figure_lock:
-                self.figure.layout.width = width
+    def _resized(self, _change: dict[str, Any]) -> None:
+        width = int(self.probe.width)
+        if width <= 200:
+            return
+        height = CHART_HEIGHT
+        if self.probe.window_height:
+            height = max(CHART_HEIGHT, min(_MAX_HEIGHT, self.probe.window_height - _AROUND_CHART))
+        with self._figure_lock, self.figure.batch_update():
+            self.figure.layout.width = width
+            self.figure.layout.height = height
 
     # -- controls ------------------------------------------------------------------------------
     def _k_changed(self, change: dict[str, Any]) -> None:

@@ -3,8 +3,8 @@
 Plotly's ``FigureWidget`` takes plotly.js's 700-px default on its first render in Voila instead
 of filling its box, and a figure width set from Python is the one thing that reliably reaches
 the browser after display. So the chart's column holds a :class:`WidthProbe`; its front end
-reports the column's width (on load and on every resize, debounced) and the profile panel
-sets the figure's width from it: the chart follows the window.
+reports the column's width and the window's height (on load and on every resize, debounced)
+and the profile panel sets the figure's size from them: the chart follows the window.
 """
 
 from __future__ import annotations
@@ -18,20 +18,24 @@ _ESM = """
 function render({ model, el }) {
   el.style.width = "100%";
   el.style.height = "0px";
-  let last = -1, timer = null;
+  let lastW = -1, lastH = -1, timer = null;
   const send = () => {
     const w = Math.round(el.getBoundingClientRect().width);
-    if (w > 0 && Math.abs(w - last) >= 4) {
-      last = w;
+    const h = Math.round(window.innerHeight);
+    if (w > 0 && (Math.abs(w - lastW) >= 4 || Math.abs(h - lastH) >= 20)) {
+      lastW = w;
+      lastH = h;
+      model.set("window_height", h);
       model.set("width", w);
-      model.set("window_height", Math.round(window.innerHeight));
       model.save_changes();
     }
   };
-  const ro = new ResizeObserver(() => { clearTimeout(timer); timer = setTimeout(send, 100); });
+  const later = () => { clearTimeout(timer); timer = setTimeout(send, 100); };
+  const ro = new ResizeObserver(later);
   ro.observe(el);
+  window.addEventListener("resize", later);
   setTimeout(send, 0);
-  return () => { ro.disconnect(); clearTimeout(timer); };
+  return () => { ro.disconnect(); window.removeEventListener("resize", later); clearTimeout(timer); };
 }
 export default { render };
 """
