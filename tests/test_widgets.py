@@ -325,7 +325,10 @@ def _prediction_text(app) -> str:
 
 @pytest.mark.slow
 def test_first_view(app) -> None:
+    from psal_widgets.widgets.host import Host
+
     s = app.session
+    assert isinstance(app, Host)
     assert "psal-explorer" in app._dom_classes
     assert app.map_version >= 1
     assert app.status.ready.value == "ready"
@@ -358,6 +361,21 @@ def test_every_panel_explains_itself_in_one_vocabulary(app) -> None:
     # Ranks start at 1: the most salient filter of the model has rank 1 in the hover data.
     ranks = np.asarray(app.profile_panel.figure.data[0].customdata)[:, 2]
     assert ranks.min() == 1 and ranks.max() == app.session.n_filters
+
+
+@pytest.mark.slow
+def test_the_chart_follows_the_size_the_browser_reports(app) -> None:
+    from psal_widgets.widgets.profile import _AROUND_CHART, _MAX_HEIGHT, CHART_HEIGHT
+
+    probe, layout = app.profile_panel.probe, app.profile_panel.figure.layout
+    with probe.hold_trait_notifications():  # one message from the front end sets both
+        probe.window_height = 768
+        probe.width = 777
+    assert (layout.width, layout.height) == (777, CHART_HEIGHT)
+    probe.window_height = 1000  # only the window's height changed
+    assert (layout.width, layout.height) == (777, min(_MAX_HEIGHT, 1000 - _AROUND_CHART))
+    probe.width = 120  # a collapsed column (hidden tab, print): keep the last usable size
+    assert layout.width == 777
 
 
 @pytest.mark.slow

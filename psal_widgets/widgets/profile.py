@@ -146,6 +146,9 @@ class ProfilePanel:
         self._history: tuple[DrawnChart, ...] = ()
         # The worker redraws while the main thread resizes: one figure update at a time.
         self._figure_lock = threading.Lock()
+        # The probe before the figure: anywidget gives a model 2 s to initialize, and the
+        # figure's 5-MB plotly.js bundle, loaded first, can take that long on a slow machine.
+        self.probe = WidthProbe()
         spec = profile_figure(
             self._profile, self._filters, height=CHART_HEIGHT, width=_FIRST_WIDTH
         )
@@ -157,7 +160,6 @@ class ProfilePanel:
         self.figure.data[HIGHLIGHT_TRACE].on_click(g(self._clicked_highlight, "chart click"))
         # Trace 0 holds every point (F included), so its selection is the whole selection.
         self.figure.data[PROFILE_TRACE].on_selection(g(self._selected_profile, "chart selection"))
-        self.probe = WidthProbe()
         self.probe.observe(g(self._resized, "chart size"), names=["width", "window_height"])
 
         n_layers = len(self._profile.layer_names)
