@@ -89,11 +89,16 @@ class Page:
         return el.get_attribute("src") if what == "src" else el.inner_text()
 
 
+#: The two screens the layout must serve: the chart and the input map visible without scrolling.
+SMALL = {"width": 1366, "height": 768}
+LARGE = {"width": 1600, "height": 1000}
+
+
 @pytest.fixture(scope="module")
 def page(dashboard, browser):
-    # Tall enough for the whole explorer: Voila scrolls inside the page, so a "full page"
-    # screenshot only holds the viewport.
-    context = browser.new_context(viewport={"width": 1440, "height": 1800})
+    # The page opens on a laptop screen; test_layout_* then widen it. Voila scrolls inside the
+    # page, so a "full page" screenshot holds the viewport: what a person sees.
+    context = browser.new_context(viewport=dict(SMALL))
     pg = context.new_page()
     pg.route(BLOCKED_URL, lambda route: route.abort())
     wrapped = Page(pg)
@@ -130,6 +135,55 @@ def test_profile_chart_appears(page: Page) -> None:
         "() => document.querySelector('.psal-profile .js-plotly-plot')._fullData"
         ".reduce((n, t) => n + (t.x ? t.x.length : 0), 0)")
     assert n_points > 1000, f"the profile chart shows only {n_points} points"
+
+
+#: Bounding boxes (viewport coordinates) of the chart, the input map and the whole app, after
+#: scrolling every scrollable ancestor back to the top.
+BOXES_JS = """
+() => {
+  for (let e = document.querySelector('.psal-explorer'); e; e = e.parentElement) e.scrollTop = 0;
+  window.scrollTo(0, 0);
+  const box = sel => { const e = document.querySelector(sel); if (!e) return null;
+    const r = e.getBoundingClientRect(); return {x: r.left, y: r.top, w: r.width, h: r.height}; };
+  return {chart: box('.psal-profile .js-plotly-plot'), map: box('img.psal-map, .psal-map img, .psal-map'),
+          app: box('.psal-explorer'), vw: window.innerWidth, vh: window.innerHeight,
+          legend: document.querySelectorAll('.psal-profile .legend .traces').length,
+          colorbars: document.querySelectorAll('.psal-colorbar').length,
+          explain: document.querySelectorAll('.psal-explain details').length};
+}
+"""
+
+
+def _assert_first_screen(page: Page, size: dict, name: str) -> None:
+    # The chart follows its column's width (a resize is debounced, then redrawn from Python).
+    page.page.wait_for_function(
+        "(vw) => { const g = document.querySelector('.psal-profile .js-plotly-plot');"
+        " const a = document.querySelector('.psal-explorer');"
+        " return g && a && g.getBoundingClientRect().right <= vw"
+        " && g.getBoundingClientRect().width > 0.4 * a.getBoundingClientRect().width; }",
+        arg=size["width"], timeout=UPDATE_MS)
+    page.page.wait_for_timeout(500)
+    boxes = page.page.evaluate(BOXES_JS)
+    page.shot(name)
+    assert (boxes["vw"], boxes["vh"]) == (size["width"], size["height"])
+    for part in ("chart", "map"):
+        b = boxes[part]
+        assert b is not None and b["w"] > 100 and b["h"] > 100, (part, b)
+        right, bottom = b["x"] + b["w"], b["y"] + b["h"]
+        inside = b["x"] >= 0 and b["y"] >= 0 and right <= boxes["vw"] + 0.5 and bottom <= boxes["vh"] + 0.5
+        assert inside, f"{part} {b} is not inside the {size} viewport"
+    assert boxes["app"]["w"] >= 0.95 * boxes["vw"] - 40, boxes  # the app uses the window's width
+    assert boxes["legend"] == 2 and boxes["colorbars"] >= 2 and boxes["explain"] >= 6, boxes
+    assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+def test_layout_at_1366x768(page: Page) -> None:
+    _assert_first_screen(page, SMALL, "layout-1366x768")
+
+
+def test_layout_at_1600x1000(page: Page) -> None:
+    page.page.set_viewport_size(dict(LARGE))
+    _assert_first_screen(page, LARGE, "layout-1600x1000")
 
 
 def test_click_on_a_filter_updates_the_set_and_the_map(page: Page) -> None:
@@ -194,6 +248,10 @@ def test_corrupt_upload_shows_an_error_and_the_chart_still_works(page: Page) -> 
     click_point(page, rank=len(before) + 9, avoid=before)
     after = selected_ids(page.wait_changed(".psal-selected", "text", before_text))
     assert len(before ^ after) == 1
+    # The action succeeded: the old error leaves the status line; the upload counter is reset.
+    page.page.wait_for_function(
+        "() => !/error/i.test((document.querySelector('.psal-status') || {}).innerText || '')", timeout=UPDATE_MS)
+    assert "(1)" not in page.text(".psal-upload")
 
 
 def test_no_errors_in_the_page(page: Page) -> None:

@@ -13,6 +13,7 @@ from psal_widgets.viz.figures import (
     PROFILE_TRACE,
     clipped_note,
     highlight_update,
+    layer_groups,
     layer_shapes,
     point_channels,
     positions_of,
@@ -67,7 +68,8 @@ def test_profile_trace_equals_sorted_profile_arrays(profile: SortedProfile) -> N
     cd = np.asarray(main["customdata"])
     assert cd.shape == (profile.x.size, 3)
     np.testing.assert_array_equal(cd[:, 0], profile.filter_id)
-    np.testing.assert_array_equal(cd[:, 2], profile.rank)
+    np.testing.assert_array_equal(cd[:, 2], profile.rank + 1)  # people count ranks from 1
+    assert cd[np.argmax(profile.y), 2] == 1
     assert cd[:, 1].tolist() == [_expected_channel(int(f)) for f in profile.filter_id]
     assert main["text"] == [NAMES[i] for i in profile.layer]
     # The hover names layer, channel, saliency and rank.
@@ -131,6 +133,56 @@ def test_value_range_ignores_outliers_but_keeps_f() -> None:
     assert clipped_note(n_above) and clipped_note(0) == []
     lo, hi, n_above = value_range(y, keep=[900.0])  # a boosted filter must stay visible
     assert hi > 900.0 and n_above == 1
+
+
+def test_every_trace_has_a_legend_entry(profile: SortedProfile) -> None:
+    fig = profile_figure(profile, [1, 2])
+    assert fig["layout"]["showlegend"] is True
+    for trace in fig["data"]:
+        assert trace["showlegend"] is True and trace["name"]
+
+
+EFFNET = (
+    ["conv_stem", "blocks.0.0.conv_dw", "blocks.0.0.conv_pw"]
+    + [f"blocks.1.{b}.{c}" for b in range(2) for c in ("conv_pw", "conv_dw", "conv_pwl")]
+    + [f"blocks.2.0.{c}" for c in ("conv_pw", "conv_dw", "conv_pwl")]
+    + ["conv_head"]
+)
+
+
+def test_layer_groups_name_stages() -> None:
+    assert layer_groups(EFFNET) == [
+        (0, 1, "conv_stem"),
+        (1, 3, "blocks.0"),
+        (3, 9, "blocks.1"),
+        (9, 12, "blocks.2"),
+        (12, 13, "conv_head"),
+    ]
+    resnet = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3, 4) for b in (0, 1) for c in (1, 2)]
+    assert [g[2] for g in layer_groups(resnet)] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    # Groups tile the layers in order; a name prefix that comes back later starts a new group.
+    assert layer_groups(["a.x", "b.x", "a.y"], min_groups=3) == [(0, 1, "a"), (1, 2, "b"), (2, 3, "a")]
+    assert layer_groups([]) == []
+
+
+def test_axis_names_stages_and_marks_their_boundaries() -> None:
+    n = len(EFFNET)
+    prof = SortedProfile(
+        x=np.arange(n) + 0.5,
+        y=np.zeros(n),
+        filter_id=np.arange(n),
+        layer=np.arange(n),
+        rank=np.arange(n),
+        layer_names=EFFNET,
+    )
+    xaxis = profile_layout(prof)["xaxis"]
+    assert xaxis["ticktext"] == ["conv_stem", "blocks.0", "blocks.1", "blocks.2", "conv_head"]
+    assert xaxis["tickvals"] == [0.5, 2.0, 6.0, 10.5, 12.5]
+    shapes = profile_layout(prof)["shapes"]
+    colours = {s["line"]["color"] for s in shapes}
+    assert len(shapes) == n - 1 and len(colours) == 2
+    strong = max(colours, key=lambda c: float(c.rsplit(",", 1)[1].rstrip(") ")))  # the darker one
+    assert [s["x0"] for s in shapes if s["line"]["color"] == strong] == [1.0, 3.0, 9.0, 12.0]
 
 
 def test_layer_labels_are_thinned(profile: SortedProfile) -> None:

@@ -151,11 +151,46 @@ def test_overlay_shape_dtype_and_alpha_zero():
 def test_overlay_alpha_one_is_rgb_colormap():
     img = _photo()
     heat = np.zeros((12, 16))
+    heat[:, :4] = 0.3  # above the ramp: full opacity, jet's blue end
     heat[:, 8:] = 1.0
     out = overlay(img, heat, alpha=1.0, colormap="jet")
-    # jet: 0 -> dark blue, 1 -> dark red; in RGB order the blue/red channels must dominate.
+    # jet: low -> blue, 1 -> dark red; in RGB order the blue/red channels must dominate.
     assert out[0, 0, 2] > 100 and out[0, 0, 0] < 10
     assert out[0, -1, 0] > 100 and out[0, -1, 2] < 10
+
+
+@pytest.mark.parametrize("ramp", [0.0, 0.15, 0.5])
+def test_overlay_keeps_the_photo_where_the_heat_is_zero(ramp):
+    # A thresholded map is 0 below the threshold percentile: the photo must show there, not
+    # jet's navy low end (which used to darken most of the image).
+    img = _photo()
+    heat = np.zeros((12, 16))
+    heat[2:5, 3:7] = 1.0
+    out = overlay(img, heat, alpha=0.8, colormap="jet", ramp=ramp)
+    cold = heat == 0
+    np.testing.assert_array_equal(out[cold], img[cold])
+    hot = ~cold
+    expected = np.round(0.2 * img[hot].astype(np.float64) + 0.8 * np.array([128, 0, 0]))
+    np.testing.assert_allclose(out[hot], expected, atol=1.0)  # jet(1) = RGB (128, 0, 0)
+
+
+def test_overlay_opacity_ramps_up_to_alpha():
+    img = np.full((1, 3, 3), 200, dtype=np.uint8)
+    heat = np.array([[0.0, 0.05, 0.3]])
+    out = overlay(img, heat, alpha=0.6, colormap="jet", ramp=0.1).astype(np.float64)
+    coloured = cv2.applyColorMap(np.array([[0, 13, 76]], dtype=np.uint8), cv2.COLORMAP_JET)[0, :, ::-1]
+    for j, a in enumerate([0.0, 0.3, 0.6]):  # 0, alpha * 0.05 / 0.1, alpha (saturated)
+        np.testing.assert_allclose(out[0, j], np.round((1 - a) * 200 + a * coloured[j]), atol=1.0)
+
+
+def test_colormap_stops_are_the_opencv_colours():
+    from psal_widgets.viz.heatmap import colormap_stops
+
+    stops = colormap_stops("jet", 3)
+    assert [t for t, _ in stops] == [0.0, 0.5, 1.0]
+    assert stops[0][1] == (0, 0, 128) and stops[-1][1] == (128, 0, 0)
+    with pytest.raises(ValueError, match="colormap"):
+        colormap_stops("nope")
 
 
 def test_overlay_weighted_leaves_cold_pixels_untouched():

@@ -4,15 +4,18 @@ messages, widget values), with the real Session and the default model."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from psal_widgets.widgets.host import QuietWatcher, Signal, StateEvent
 from psal_widgets.widgets.status import StatusPanel
 from psal_widgets.widgets.worker import Worker
 
@@ -124,6 +127,112 @@ def test_widget_modules_never_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
+WIDGETS = ROOT / "psal_widgets" / "widgets"
+PANELS = ("brush", "export", "images", "maps", "neighbours", "prediction", "profile", "prune")
+
+
+def _imported_modules(source: str) -> set[str]:
+    """Module names a widgets/ module imports, relative imports resolved inside psal_widgets.widgets."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level == 1:  # from .x import y / from . import x
+                targets = [base] if base else [a.name for a in node.names]
+                names.update(f"psal_widgets.widgets.{t}" for t in targets)
+            elif node.level == 0:
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def test_panels_import_neither_the_app_nor_each_other() -> None:
+    assert sorted(p.stem for p in WIDGETS.glob("*.py") if p.stem in PANELS) == sorted(PANELS)
+    forbidden = {f"psal_widgets.widgets.{m}" for m in ("app", *PANELS)}
+    for panel in PANELS:
+        imported = _imported_modules((WIDGETS / f"{panel}.py").read_text())
+        bad = sorted(m for m in imported if m in forbidden - {f"psal_widgets.widgets.{panel}"})
+        assert not bad, f"widgets/{panel}.py imports {bad}: use host.py, common.py or a callable"
+    # The check sees every spelling of a sibling import (the old brush.py had the first one).
+    old = "from .maps import DISPLAY_WIDTH\nfrom . import app\nimport psal_widgets.widgets.profile\n"
+    assert {f"psal_widgets.widgets.{m}" for m in ("maps", "app", "profile")} <= _imported_modules(old)
+
+
+def test_signal_calls_listeners_in_order_and_routes_errors() -> None:
+    errors: list[tuple[str, str]] = []
+    sig = Signal(on_error=lambda exc, what: errors.append((str(exc), what)))
+    seen: list[tuple[str, frozenset]] = []
+
+    def broken(_event: StateEvent) -> None:
+        raise RuntimeError("listener failed")
+
+    sig.connect(lambda e: seen.append(("a", e.changes)))
+    disconnect = sig.connect(broken, "broken panel")
+    sig.connect(lambda e: seen.append(("b", e.changes)))
+    event = StateEvent(frozenset({"filters"}))
+    sig.emit(event)
+    assert seen == [("a", event.changes), ("b", event.changes)]
+    assert errors == [("listener failed", "broken panel")]
+    assert "filters" in event and event.touches("image", "filters") and not event.touches("label")
+    disconnect()
+    sig.emit(event)
+    assert len(errors) == 1 and len(sig) == 2
+    sig.clear()
+    assert len(sig) == 0
+
+
+def test_a_user_edit_while_the_worker_syncs_the_same_control_is_kept() -> None:
+    import ipywidgets as W
+
+    watcher = QuietWatcher(lambda fn, what: fn)
+    box = W.IntText(value=10)
+    actions: list[int] = []
+    watcher.watch(box, lambda change: actions.append(int(change["new"])), "k")
+    inside, release = threading.Event(), threading.Event()
+
+    def worker_sync() -> None:
+        with watcher.quiet(box):
+            box.value = 7  # the worker shows the session's value: no action
+            inside.set()
+            assert release.wait(10)  # ... and is still inside quiet() when the user types
+
+    t = threading.Thread(target=worker_sync)
+    t.start()
+    assert inside.wait(10)
+    box.value = 4  # the user's edit, on the main thread, during the worker's quiet window
+    release.set()
+    t.join(10)
+    assert actions == [4]
+    with watcher.quiet(box):
+        box.value = 5
+    assert actions == [4] and not watcher.is_quiet(box)
+    watcher.unwatch_all()
+    box.value = 6
+    assert actions == [4]
+    box.close()
+
+
+def test_clearing_the_browser_selection_still_sends_plotly_update() -> None:
+    """Guard for the private ``FigureWidget._send_update_msg`` that the profile panel uses."""
+    import plotly.graph_objects as go
+    from plotly.basedatatypes import BaseFigure
+
+    from psal_widgets.widgets.profile import ProfilePanel
+
+    fig = go.FigureWidget(data=[go.Scattergl(x=[0, 1], y=[1, 2])])
+    # The widget's own method, not BaseFigure's do-nothing stub.
+    assert go.FigureWidget._send_update_msg is not BaseFigure._send_update_msg
+    sent: list[dict] = []
+    fig.observe(lambda change: sent.append(change["new"]) if change["new"] else None, names="_py2js_update")
+    ProfilePanel._clear_browser_selection(SimpleNamespace(figure=fig, _figure_lock=threading.Lock()))
+    assert len(sent) == 1
+    assert sent[0]["layout_data"] == {"selections": []}
+    assert sent[0]["style_data"] == {"selectedpoints": [None]} and sent[0]["style_traces"] == [0]
+    fig.close()
+
+
 # -- the Explorer with the real Session ----------------------------------------------------------
 
 N_DATA = 12
@@ -170,16 +279,27 @@ def app(default_explainer, tmp_path_factory):
 
 
 def _points_message(
-    event_type: str, trace: int, point_inds: list[int], selector: dict | None = None
+    event_type: str,
+    trace: int,
+    point_inds: list[int],
+    selector: dict | None = None,
+    *,
+    figure=None,
 ) -> dict:
-    """What plotly's FigureWidget front end sends for a click or a selection."""
+    """What plotly's FigureWidget front end sends for a click or a selection: the points'
+    indices and their coordinates as drawn (read from ``figure``; zeros without one)."""
+    xs = ys = [0.0] * len(point_inds)
+    if figure is not None:
+        data = figure.data[trace]
+        xs = [float(data.x[i]) for i in point_inds]
+        ys = [float(data.y[i]) for i in point_inds]
     return {
         "event_type": event_type,
         "points": {
             "trace_indexes": [trace] * len(point_inds),
             "point_indexes": list(point_inds),
-            "xs": [0.0] * len(point_inds),
-            "ys": [0.0] * len(point_inds),
+            "xs": xs,
+            "ys": ys,
         },
         "device_state": None,
         "selector": selector,
@@ -205,7 +325,10 @@ def _prediction_text(app) -> str:
 
 @pytest.mark.slow
 def test_first_view(app) -> None:
+    from psal_widgets.widgets.host import Host
+
     s = app.session
+    assert isinstance(app, Host)
     assert "psal-explorer" in app._dom_classes
     assert app.map_version >= 1
     assert app.status.ready.value == "ready"
@@ -219,6 +342,112 @@ def test_first_view(app) -> None:
 
 
 @pytest.mark.slow
+def test_every_panel_explains_itself_in_one_vocabulary(app) -> None:
+    from psal_widgets.widgets.common import widget_tree
+
+    helps = [w.value for w in widget_tree([app]) if "psal-explain" in getattr(w, "_dom_classes", ())]
+    assert len(helps) >= 6  # chart, image, map, CAM, prediction, turn off, export (+ dataset)
+    assert all("what is this?" in h and "<details" in h for h in helps)
+    text = " ".join(helps)
+    for words in ("z-score", "cosine distance", "boost", "threshold percentile", "Turning a filter off"):
+        assert words in text
+    assert app.maps_panel.percentile.description == "threshold percentile"
+    caption = app.maps_panel.map_caption.value
+    assert "threshold percentile 90" in caption and "99th percentile are clipped" in caption
+    readme = (ROOT / "README.md").read_text()
+    assert "threshold percentile" in readme
+    for old in ("threshold pct", "clipped at the 90th"):
+        assert old not in caption + readme
+    # Ranks start at 1: the most salient filter of the model has rank 1 in the hover data.
+    ranks = np.asarray(app.profile_panel.figure.data[0].customdata)[:, 2]
+    assert ranks.min() == 1 and ranks.max() == app.session.n_filters
+
+
+@pytest.mark.slow
+def test_the_chart_follows_the_size_the_browser_reports(app) -> None:
+    from psal_widgets.widgets.profile import _AROUND_CHART, _MAX_HEIGHT, CHART_HEIGHT
+
+    probe, layout = app.profile_panel.probe, app.profile_panel.figure.layout
+    with probe.hold_trait_notifications():  # one message from the front end sets both
+        probe.window_height = 768
+        probe.width = 777
+    assert (layout.width, layout.height) == (777, CHART_HEIGHT)
+    probe.window_height = 1000  # only the window's height changed
+    assert (layout.width, layout.height) == (777, min(_MAX_HEIGHT, 1000 - _AROUND_CHART))
+    probe.width = 120  # a collapsed column (hidden tab, print): keep the last usable size
+    assert layout.width == 777
+
+
+@pytest.mark.slow
+def test_a_click_resolves_against_the_profile_on_screen(app) -> None:
+    """A click sent for the drawn profile A toggles A's filter, even when the worker has meanwhile
+    swapped in profile B (another image), drawn or not."""
+    from psal_widgets.viz.figures import PROFILE_TRACE
+
+    s = app.session
+    a_ids = np.asarray(app.profile_panel.drawn.ids)
+    a_y = np.asarray(app.profile_panel.drawn.y)
+    generation = app.profile_panel.drawn.generation
+    # Swap the state to another image straight on the Session: no redraw, the chart shows A.
+    app.worker.call(lambda: s.set_image(ROOT / "raw_images" / "coffee.png"))
+    b = s.layout()
+    b_ids = np.asarray(b.filter_id)
+    f_b = s.filters
+    p = next(i for i in range(200, a_ids.size) if a_ids[i] != b_ids[i] and int(a_ids[i]) not in f_b)
+    msg = _points_message("plotly_click", PROFILE_TRACE, [p])
+    msg["points"]["ys"] = [float(a_y[p])]
+    app.profile_panel.figure._js2py_pointsCallback = msg
+    app.wait_idle(60)
+    assert s.filters == f_b + [int(a_ids[p])]
+    # Now B is drawn (a newer generation), but a late click still carries A's value at q.
+    app.worker.call(app.refresh)
+    app.wait_idle(60)
+    assert app.profile_panel.drawn.generation > generation
+    assert np.array_equal(app.profile_panel.drawn.ids, b_ids)
+    f_now = s.filters
+    q = next(i for i in range(300, a_ids.size) if a_ids[i] != b_ids[i] and int(a_ids[i]) not in f_now)
+    late = _points_message("plotly_click", PROFILE_TRACE, [q])
+    late["points"]["ys"] = [float(a_y[q])]
+    app.profile_panel.figure._js2py_pointsCallback = late
+    app.wait_idle(60)
+    assert s.filters == f_now + [int(a_ids[q])]
+    # A click on B's points resolves against B.
+    r = next(i for i in range(400, b_ids.size) if int(b_ids[i]) not in s.filters and a_ids[i] != b_ids[i])
+    fresh = _points_message("plotly_click", PROFILE_TRACE, [r])
+    fresh["points"]["ys"] = [float(np.asarray(b.y)[r])]
+    before = s.filters
+    app.profile_panel.figure._js2py_pointsCallback = fresh
+    app.wait_idle(60)
+    assert s.filters == before + [int(b_ids[r])]
+    app.image_panel.open_file(ROOT / "raw_images" / "chelsea.png")
+    app.wait_idle(60)
+    assert s.image_name == "chelsea.png" and _highlight_ids(app) == s.filters
+
+
+@pytest.mark.slow
+def test_an_edit_made_while_the_worker_syncs_k_is_not_swallowed(app) -> None:
+    s = app.session
+    k_box = app.profile_panel.k
+    inside, release = threading.Event(), threading.Event()
+
+    def sync() -> None:
+        with app.quiet(k_box):
+            k_box.value = 7  # what sync_controls does on the worker
+            inside.set()
+            assert release.wait(10)
+
+    app.worker.run(sync, what="sync k")
+    assert inside.wait(30)
+    k_box.value = 4  # the user types k = 4 in that window (main thread)
+    release.set()
+    app.wait_idle(60)
+    assert s.k == 4 and len(s.filters) == 4 and k_box.value == 4
+    k_box.value = 10
+    app.wait_idle(60)
+    assert s.k == 10
+
+
+@pytest.mark.slow
 def test_click_toggles_a_filter_and_the_map_follows(app) -> None:
     s = app.session
     fig = app.profile_panel.figure
@@ -227,14 +456,14 @@ def test_click_toggles_a_filter_and_the_map_follows(app) -> None:
     fid = int(ids[point])
     before_map, before_version = app.maps_panel.map.value, app.map_version
     # Exactly what the browser sends for a click on that point of trace 0.
-    fig._js2py_pointsCallback = _points_message("plotly_click", 0, [point])
+    fig._js2py_pointsCallback = _points_message("plotly_click", 0, [point], figure=fig)
     app.wait_idle(60)
     assert s.filters[-1] == fid
     assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
     assert app.map_version > before_version
     assert app.maps_panel.map.value != before_map
     # Clicking the highlighted point (trace 1, its position in F) removes it again.
-    fig._js2py_pointsCallback = _points_message("plotly_click", 1, [len(s.filters) - 1])
+    fig._js2py_pointsCallback = _points_message("plotly_click", 1, [len(s.filters) - 1], figure=fig)
     app.wait_idle(60)
     assert fid not in s.filters and _highlight_ids(app) == s.filters
 
@@ -247,7 +476,7 @@ def test_box_selection_adds_every_selected_filter(app) -> None:
     points = [i for i in range(200, 260) if int(ids[i]) not in f0][:5]
     selector = {"type": "box", "selector_state": {"xrange": [0, 1], "yrange": [0, 1]}}
     app.profile_panel.figure._js2py_pointsCallback = _points_message(
-        "plotly_selected", 0, points, selector
+        "plotly_selected", 0, points, selector, figure=app.profile_panel.figure
     )
     app.wait_idle(60)
     assert s.filters == f0 + [int(ids[i]) for i in points]
@@ -396,6 +625,13 @@ def test_bad_upload_lands_in_the_status_line(app) -> None:
     app.wait_idle(60)
     assert s.image_name == name
     assert len(app.status.errors) == n_errors + 1 and "error" in app.status.line.value
+    assert app.image_panel.upload.value == ()  # the button's "(1)" counter is back to zero
+    # The next action that succeeds replaces the old error in the status line.
+    app.profile_panel.set_filters(s.filters[:5])
+    app.wait_idle(60)
+    assert "error" not in app.status.line.value
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)
 
 
 @pytest.mark.slow
@@ -522,3 +758,72 @@ def test_gallery_folder_is_found_from_the_notebooks_folder(monkeypatch) -> None:
     assert os.fspath(ROOT / "raw_images" / "labels.csv") not in map(
         os.fspath, gallery_files(folder)
     )
+
+
+def _widget_count() -> int:
+    from ipywidgets.widgets import widget as ipw
+
+    registry = getattr(ipw, "_instances", None)  # ipywidgets 8
+    if registry is None:  # pragma: no cover - ipywidgets 7
+        registry = ipw.Widget.widgets
+    return len(registry)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")  # pragma: no cover
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc for the RSS")
+def test_closing_explorers_releases_widgets_threads_and_memory(default_explainer) -> None:
+    """Ten explorers built and closed in one process leave no widget, thread or memory behind."""
+    import gc
+
+    from psal_widgets.widgets import Explorer
+
+    image = ROOT / "raw_images" / "chelsea.png"
+    counts: list[tuple[int, int, float]] = []
+    for i in range(10):
+        app = Explorer(model=default_explainer, image=image)  # the Explorer builds its Session
+        app.wait_idle(180)
+        assert app.status.errors == [] and app.map_version >= 1
+        if i == 0:
+            app.profile_panel.on_point_click([int(app.session.layout().filter_id[0])])
+            app.wait_idle(60)
+        session, worker = app.session, app.worker
+        app.close()
+        assert app.closed and not worker._thread.is_alive()
+        assert len(app.changed) == 0
+        with pytest.raises(RuntimeError, match="closed"):
+            worker.run(lambda: None)
+        del app, session, worker
+        gc.collect()
+        counts.append((_widget_count(), threading.active_count(), _rss_mb()))
+    widgets, threads, rss = zip(*counts, strict=True)
+    assert len(set(widgets)) == 1, widgets  # every child widget (with layouts, styles) closed
+    assert len(set(threads)) == 1, threads  # every worker thread ended
+    assert rss[-1] - rss[0] < 150, rss  # MB; a leaked Session (graph, caches) would add more
+
+
+def test_an_explorer_that_fails_to_build_leaves_nothing_behind(monkeypatch) -> None:
+    import psal_widgets.session as session_module
+    from psal_widgets.widgets import Explorer
+
+    class Broken:
+        def __init__(self, **_kwargs: object) -> None:
+            raise ValueError("no such model")
+
+    monkeypatch.setattr(session_module, "Session", Broken)
+    n_widgets, n_threads = _widget_count(), threading.active_count()
+    with pytest.raises(ValueError, match="no such model"):
+        Explorer(model="nope")
+    for _ in range(50):  # the worker thread ends right after the failed build
+        if threading.active_count() == n_threads:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() == n_threads
+    assert _widget_count() == n_widgets

@@ -11,8 +11,13 @@ The chart has two traces:
 1. ``boosted``: the points of the boosted set F drawn on top, larger, in a contrasting colour,
    in the order of F (point ``j`` of this trace is filter ``F[j]``).
 
-Layer boundaries are layout shapes (one vertical line between two layers), layer names the
-x tick labels at each layer's centre.
+Ranks shown to people start at 1 (the most salient filter of the model), in the hover text and in
+``customdata``.
+
+Layer boundaries are layout shapes (a faint vertical line between two layers, a darker one between
+two stages). A deep model has too many layers to name on the axis (49 for the default model), so
+the x tick labels name *stages*, groups of consecutive layers sharing a name prefix (``blocks.3``,
+``layer2``); every point's hover text names its own layer.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "HIGHLIGHT_TRACE",
     "highlight_update",
     "label_positions",
+    "layer_groups",
     "layer_shapes",
     "point_channels",
     "positions_of",
@@ -47,11 +53,11 @@ HIGHLIGHT_TRACE = 1
 _POINT_COLOR = "#4c72b0"
 _HIGHLIGHT_COLOR = "#e8453c"
 
-#: Hover text: layer name (``text``), channel, saliency, rank and flat filter id.
+#: Hover text: layer name (``text``), channel, saliency, rank (1 = most salient) and flat filter id.
 HOVER_TEMPLATE = (
     "<b>%{text}</b> channel %{customdata[1]}<br>"
-    "saliency %{y:.3f}<br>rank %{customdata[2]}<br>filter id %{customdata[0]}"
-    "<extra></extra>"
+    "standardized saliency %{y:.3f}<br>rank %{customdata[2]} (1 = most salient)<br>"
+    "filter id %{customdata[0]}<extra></extra>"
 )
 
 
@@ -126,8 +132,9 @@ def positions_of(profile: SortedProfile, filter_ids: Sequence[int] | np.ndarray)
 
 
 def _customdata(profile: SortedProfile) -> np.ndarray:
+    """Rows ``[filter_id, channel, rank]`` with the rank counted from 1 (as people count)."""
     _, _, ids, _, rank = _arrays(profile)
-    return np.stack([ids, point_channels(profile), rank], axis=1)
+    return np.stack([ids, point_channels(profile), rank + 1], axis=1)
 
 
 def profile_update(profile: SortedProfile) -> dict[str, np.ndarray]:
@@ -136,7 +143,8 @@ def profile_update(profile: SortedProfile) -> dict[str, np.ndarray]:
     Returns
     -------
     dict
-        ``y`` [F] float64 saliency, ``customdata`` [F, 3] int64 rows ``[filter_id, channel, rank]``.
+        ``y`` [F] float64 saliency, ``customdata`` [F, 3] int64 rows ``[filter_id, channel, rank]``
+        (rank 1 = the most salient filter).
         (``x`` and the layer names only depend on the model.)
     """
     _, y, _, _, _ = _arrays(profile)
@@ -169,10 +177,20 @@ def _layer_text(profile: SortedProfile, layer: np.ndarray) -> list[str]:
     return [names[i] if i < len(names) else f"layer {i}" for i in layer.tolist()]
 
 
-def layer_shapes(n_layers: int, *, color: str = "rgba(0, 0, 0, 0.15)") -> list[dict[str, Any]]:
-    """One vertical line at every boundary between two layers (``n_layers - 1`` shapes)."""
+def layer_shapes(
+    n_layers: int,
+    *,
+    color: str = "rgba(0, 0, 0, 0.12)",
+    strong: Sequence[int] = (),
+    strong_color: str = "rgba(0, 0, 0, 0.45)",
+) -> list[dict[str, Any]]:
+    """One vertical line at every boundary between two layers (``n_layers - 1`` shapes).
+
+    Boundaries listed in ``strong`` (x positions, e.g. where a stage starts) are drawn darker.
+    """
     if isinstance(n_layers, bool) or int(n_layers) != n_layers or n_layers < 0:
         raise ValueError(f"n_layers must be a non-negative int, got {n_layers!r}")
+    darker = {int(i) for i in strong}
     return [
         {
             "type": "line",
@@ -182,11 +200,42 @@ def layer_shapes(n_layers: int, *, color: str = "rgba(0, 0, 0, 0.15)") -> list[d
             "x1": float(i),
             "y0": 0.0,
             "y1": 1.0,
-            "line": {"color": color, "width": 1},
+            "line": {"color": strong_color if i in darker else color, "width": 1},
             "layer": "below",
         }
         for i in range(1, int(n_layers))
     ]
+
+
+def layer_groups(names: Sequence[str], *, min_groups: int = 5) -> list[tuple[int, int, str]]:
+    """Consecutive layers grouped into stages by their name prefix, for readable axis labels.
+
+    The prefix keeps the first ``d`` dot-separated parts of each name, with the smallest ``d``
+    that gives at least ``min(min_groups, len(names))`` groups (``blocks.3.1.conv_dw`` ->
+    ``blocks.3`` for EfficientNet, ``layer2.0.conv1`` -> ``layer2`` for ResNet). Only runs of
+    consecutive layers form a group, so the groups tile the axis in order.
+
+    Returns
+    -------
+    list of (start, stop, label)
+        Layer positions ``start <= i < stop``; the label is the shared prefix.
+    """
+    parts = [str(n).split(".") for n in names]
+    if not parts:
+        return []
+    want = min(int(min_groups), len(parts))
+    deepest = max(len(p) for p in parts)
+    for depth in range(1, deepest + 1):
+        keys = [".".join(p[:depth]) for p in parts]
+        runs: list[tuple[int, int, str]] = []
+        for i, key in enumerate(keys):
+            if runs and runs[-1][2] == key:
+                runs[-1] = (runs[-1][0], i + 1, key)
+            else:
+                runs.append((i, i + 1, key))
+        if len(runs) >= want:
+            return runs
+    return [(i, i + 1, str(n)) for i, n in enumerate(names)]
 
 
 def label_positions(n_layers: int, max_labels: int) -> np.ndarray:
@@ -272,7 +321,7 @@ def profile_layout(
     width : int, optional
         Pixels; None lets the chart fill its container.
     max_layer_labels : int, default 60
-        At most this many layer names on the x axis (evenly thinned).
+        At most this many stage names on the x axis (evenly thinned), see :func:`layer_groups`.
     dragmode : {"select", "lasso", "zoom", "pan"}, default "select"
 
     Returns
@@ -283,24 +332,28 @@ def profile_layout(
     """
     _, y, _, layer, _ = _arrays(profile)
     n_layers = _n_layers(profile, layer)
-    shown = label_positions(n_layers, int(max_layer_labels))
-    names = list(profile.layer_names)
+    names = list(profile.layer_names) + [str(i) for i in range(len(profile.layer_names), n_layers)]
+    groups = layer_groups(names)
+    # Thin the stage labels when even the stages are too many to name.
+    shown = label_positions(len(groups), int(max_layer_labels))
     ids = np.asarray(filters, dtype=np.int64).reshape(-1)
     lo, hi, n_above = value_range(y, y[positions_of(profile, ids)] if ids.size else ())
     layout: dict[str, Any] = {
         "height": int(height),
-        "margin": {"l": 60, "r": 20, "t": 40 if title else 20, "b": 110},
+        "margin": {"l": 60, "r": 20, "t": 40 if title else 28, "b": 70},
         "xaxis": {
             "range": [0.0, float(n_layers)],
             "tickmode": "array",
-            "tickvals": (shown + 0.5).tolist(),
-            "ticktext": [names[i] if i < len(names) else str(i) for i in shown.tolist()],
-            "tickangle": -60,
-            "tickfont": {"size": 9},
+            "tickvals": [0.5 * (groups[i][0] + groups[i][1]) for i in shown.tolist()],
+            "ticktext": [groups[i][2] for i in shown.tolist()],
+            # Steep enough that the names of two one-layer stages side by side do not overlap.
+            "tickangle": -60 if len(shown) > 6 else 0,
+            "tickfont": {"size": 10},
             "showgrid": False,
             "zeroline": False,
             "title": {
-                "text": "layer (filters sorted by saliency within each layer)",
+                "text": "layers, grouped by stage (hover a point for its layer; "
+                "filters sorted by saliency within each layer)",
                 "font": {"size": 11},
             },
         },
@@ -310,7 +363,7 @@ def profile_layout(
             "zerolinecolor": "rgba(0, 0, 0, 0.3)",
             "title": {"text": "standardized saliency"},
         },
-        "shapes": layer_shapes(n_layers),
+        "shapes": layer_shapes(n_layers, strong=[g[0] for g in groups[1:]]),
         "annotations": clipped_note(n_above),
         "dragmode": dragmode,
         "hovermode": "closest",
@@ -363,14 +416,14 @@ def profile_figure(
     unselected = {"marker": {"opacity": 1.0}}
     main = {
         "type": "scattergl",
-        "name": "filters",
+        "name": "filters (one dot each)",
         "mode": "markers",
         "x": x,
         "text": _layer_text(profile, layer),
         "hovertemplate": HOVER_TEMPLATE,
         "marker": {"size": 4, "color": _POINT_COLOR, "opacity": 0.75},
         "unselected": unselected,
-        "showlegend": False,
+        "showlegend": True,
         **profile_update(profile),
     }
     boosted = {
@@ -379,6 +432,7 @@ def profile_figure(
         "hovertemplate": HOVER_TEMPLATE,
         "marker": {"size": 10, "color": _HIGHLIGHT_COLOR, "line": {"color": "black", "width": 1}},
         "unselected": unselected,
+        "showlegend": True,
         **highlight_update(profile, filters),
     }
     layout = profile_layout(

@@ -6,7 +6,7 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["COLORMAPS", "mask_top_percent", "overlay", "saliency_heatmap"]
+__all__ = ["COLORMAPS", "colormap_stops", "mask_top_percent", "overlay", "saliency_heatmap"]
 
 #: OpenCV colour maps offered by :func:`overlay`, by name.
 _CV_COLORMAPS: dict[str, int] = {
@@ -109,6 +109,17 @@ def _resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(heat, (width, height), interpolation=interp)
 
 
+def colormap_stops(colormap: str = "jet", n: int = 9) -> list[tuple[float, tuple[int, int, int]]]:
+    """``n`` evenly spaced stops ``(t, (r, g, b))`` of an OpenCV colour map, t in [0, 1] (for a colour bar)."""
+    if colormap not in _CV_COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
+    if n < 2:
+        raise ValueError(f"need at least 2 stops, got {n}")
+    ts = np.linspace(0.0, 1.0, int(n))
+    rgb = cv2.applyColorMap(np.round(ts * 255).astype(np.uint8)[None, :], _CV_COLORMAPS[colormap])[0, :, ::-1]
+    return [(float(t), (int(c[0]), int(c[1]), int(c[2]))) for t, c in zip(ts, rgb, strict=True)]
+
+
 def overlay(
     image: np.ndarray,
     heat: np.ndarray,
@@ -116,8 +127,15 @@ def overlay(
     alpha: float = 0.5,
     colormap: str = "jet",
     weighted: bool = False,
+    ramp: float = 0.25,
 ) -> np.ndarray:
-    """Blend a colour-mapped heat map over a photo.
+    """Blend a colour-mapped heat map over a photo; where the heat is 0 the photo shows unchanged.
+
+    A thresholded saliency map is 0 on most pixels (everything below the threshold percentile).
+    Painting those with the colour map's low end would cover most of the photo (jet's low end
+    is navy), so the colour layer's opacity grows from 0 at heat 0 to ``alpha`` at heat
+    ``ramp`` and above (weak values are faint, strong ones fully coloured): the photo stays
+    visible wherever the map says "nothing here".
 
     Parameters
     ----------
@@ -127,23 +145,28 @@ def overlay(
         Heat map; values outside [0, 1] are clipped. Resized to [H, W] when it differs
         (e.g. a 7 x 7 GradCAM map).
     alpha : float, default 0.5
-        Opacity of the colour layer, in [0, 1].
+        Opacity of the colour layer, in [0, 1], for heat at or above ``ramp``.
     colormap : {"jet", "turbo", "inferno", "viridis", "magma", "hot"}
         OpenCV colour map.
     weighted : bool, default False
-        If True the opacity is ``alpha * heat`` per pixel, so cold pixels keep the photo
-        untouched (reads better for sparse maps).
+        If True the opacity is ``alpha * heat`` per pixel (a linear ramp over the whole range).
+    ramp : float, default 0.25
+        Heat at which the colour layer reaches full opacity ``alpha`` (linear from 0). 0 gives a
+        hard edge: opacity ``alpha`` wherever heat > 0, none elsewhere.
 
     Returns
     -------
     np.ndarray, shape [H, W, 3], uint8
-        RGB blend ``(1 - a) * image + a * coloured``.
+        RGB blend ``(1 - a) * image + a * coloured`` with a per-pixel opacity ``a``; pixels with
+        heat 0 equal the photo.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be a uint8 RGB array of shape [H, W, 3], got {img.dtype} {img.shape}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0.0 <= float(ramp) <= 1.0:
+        raise ValueError(f"ramp must be in [0, 1], got {ramp}")
     if colormap not in _CV_COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}")
     h, w = img.shape[:2]
@@ -155,7 +178,13 @@ def overlay(
     heat_u8 = np.round(hm * 255.0).astype(np.uint8)
     # applyColorMap returns BGR; flip to RGB to match the photo.
     coloured = cv2.applyColorMap(heat_u8, _CV_COLORMAPS[colormap])[..., ::-1].astype(np.float32)
-    a = (float(alpha) * hm)[..., None] if weighted else np.float32(alpha)
+    if weighted:
+        opacity = float(alpha) * hm
+    elif ramp > 0:
+        opacity = float(alpha) * np.minimum(hm / np.float32(ramp), 1.0)
+    else:
+        opacity = np.where(hm > 0, np.float32(alpha), np.float32(0.0))
+    a = opacity.astype(np.float32)[..., None]
     out = (1.0 - a) * img.astype(np.float32) + a * coloured
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 

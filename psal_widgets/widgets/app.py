@@ -5,21 +5,30 @@ the Session has analyzed the image) and only then queues the input map and the C
 page becomes interactive before any map is computed.
 
 Threads: widget callbacks run on the kernel's main thread and only *queue* work; every Session
-call that computes runs on the worker thread, in order, and updates the widgets from there.
+call that computes runs on the worker thread, in order. After a job changed the Session, the
+app emits its :attr:`Explorer.changed` signal (on the worker) and each panel redraws what the
+event says changed; the app never calls a panel by name to redraw it.
+
+Layout (one screen at 1366 x 768): a header with the status line, a toolbar (image, upload,
+label), then two columns: the chart with its controls, the report of the last mask change and
+the tools in tabs; beside it the image and its input map, the prediction and the CAM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ipywidgets as W
 
 from .brush import BrushPanel
+from .common import close_widgets
 from .export import ExportPanel
+from .host import ALL_STATE, Change, QuietWatcher, Signal, StateEvent
 from .html import esc
 from .images import ImagePanel
 from .maps import MapsPanel
@@ -33,6 +42,32 @@ from .worker import Worker
 __all__ = ["Explorer"]
 
 _ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE")
+
+_CSS = """
+<style>
+.psal-explorer { box-sizing: border-box; }
+.psal-explorer .psal-explain details[open] { display: block !important; }
+.psal-explorer .widget-html-content { line-height: 1.3; }
+</style>
+"""
+
+
+def _cell_id() -> str | None:
+    """The id of the notebook cell being run (JupyterLab and Notebook 7 send it), else None."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        if kernel is None:
+            return None
+        try:
+            parent = kernel.get_parent("shell")
+        except TypeError:  # older ipykernel: no channel argument
+            parent = kernel.get_parent()
+        cell = (parent or {}).get("metadata", {}).get("cellId")
+        return str(cell) if cell else None
+    except Exception:
+        return None
 
 
 class Explorer(W.VBox):
@@ -50,7 +85,8 @@ class Explorer(W.VBox):
         A labelled dataset with helper objects: enables the dataset browser and neighbours.
     device : str, optional
     session : Session, optional
-        Use this session instead of creating one (then leave the other arguments unset).
+        Use this session instead of creating one (then leave the other arguments unset). The
+        Explorer does not close a session it was given.
     debounce : float, default 0.15
         Seconds a map request waits for further clicks before computing.
     raw_images : path, optional
@@ -60,10 +96,21 @@ class Explorer(W.VBox):
     Attributes
     ----------
     session : Session
+    changed : Signal
+        "State changed" events (:class:`~psal_widgets.widgets.host.StateEvent`), emitted on the
+        worker thread; panels subscribe to it.
     profile_panel, brush_panel, maps_panel, prediction_panel, image_panel, prune_panel,
     export_panel, neighbours_panel (None without a dataset), status : the panels
     worker : Worker
+
+    Notes
+    -----
+    Re-running a notebook cell that builds an Explorer closes the Explorer that the same cell
+    built before (JupyterLab and Notebook 7 tell the kernel which cell runs), so its model,
+    thread and widgets are freed. Otherwise call :meth:`close`.
     """
+
+    _by_cell: ClassVar[dict[str, weakref.ref[Explorer]]] = {}
 
     def __init__(
         self,
@@ -77,16 +124,25 @@ class Explorer(W.VBox):
         debounce: float = 0.15,
         raw_images: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(layout=W.Layout(width="100%"))
-        self.add_class("psal-explorer")
-        self.status = StatusPanel()
         if session is not None and any(v is not None for v in (model, image, label, data, device)):
             raise ValueError(
                 "pass either session=... or model/image/label/data/device, not both "
                 "(set the image or label on the session first)"
             )
-        self._quiet: set[int] = set()
+        self._closed = False
+        cell = _cell_id()
+        if cell is not None:
+            previous = self._by_cell.get(cell)
+            old = previous() if previous is not None else None
+            if old is not None:
+                old.close()  # the cell was run again: free the old explorer first
+        super().__init__(layout=W.Layout(width="100%", padding="0 4px"))
+        self.add_class("psal-explorer")
+        self.status = StatusPanel()
+        self.changed = Signal(on_error=self.status.error)
+        self._watcher = QuietWatcher(self.status.guard)
         self.worker = Worker(on_error=self.status.error, on_busy=self.status.set_busy)
+        self._owns_session = session is None
         if session is None:
             from ..session import Session  # the middle tier owns torch; widgets never import it
 
@@ -98,6 +154,7 @@ class Explorer(W.VBox):
                 session = self.worker.call(build)
             except BaseException:
                 self.worker.close(wait=False)
+                self._close_widgets()
                 raise
         self.session = session
 
@@ -110,41 +167,13 @@ class Explorer(W.VBox):
         self.brush_panel = BrushPanel(self)
         self.maps_panel = MapsPanel(self, debounce=debounce)
         self.prune_panel = PrunePanel(self)
-        self.export_panel = ExportPanel(self)
+        self.export_panel = ExportPanel(self, write_chart=self._write_chart)
         self.neighbours_panel = (
-            NeighboursPanel(self) if getattr(session, "dataset", None) is not None else None
+            NeighboursPanel(self, open_row=self.image_panel.open_row)
+            if getattr(session, "dataset", None) is not None
+            else None
         )
-
-        model_name = getattr(getattr(session, "model", None), "name", "")
-        header = W.HTML(
-            '<div style="font-size:16px;font-weight:600">Parameter-space saliency explorer</div>'
-            f'<div style="font-size:12px;color:#555">model {esc(model_name)}: which filters '
-            "malfunction on this "
-            "image, and which pixels make them malfunction</div>"
-        )
-        sources = W.HBox(
-            [self.image_panel.widget, self.prediction_panel.widget],
-            layout=W.Layout(flex_flow="row wrap", justify_content="space-between", width="100%"),
-        )
-        views = W.HBox(
-            [self.brush_panel.widget, self.maps_panel.map_box, self.maps_panel.cam_box],
-            layout=W.Layout(flex_flow="row wrap", grid_gap="12px"),
-        )
-        tabs = [self.prune_panel.widget, self.export_panel.widget]
-        titles = ["Turn filters off", "Export"]
-        if self.neighbours_panel is not None:
-            tabs.insert(1, self.neighbours_panel.widget)
-            titles.insert(1, "Neighbours")
-        self.tabs = W.Tab(children=tabs, titles=titles)
-        self.children = [
-            header,
-            self.status.widget,
-            sources,
-            self.profile_panel.widget,
-            views,
-            self.brush_panel.report,
-            self.tabs,
-        ]
+        self.children = self._layout()
 
         # Cheap views now; the map and the CAM after, on the worker.
         self.prediction_panel.show()
@@ -155,6 +184,63 @@ class Explorer(W.VBox):
         self.maps_panel.request_cam(delay=0.0)
         if self.image_panel.browser is not None:
             self.image_panel.refresh_rows()
+        if cell is not None:
+            self._by_cell[cell] = weakref.ref(self)
+
+    def _layout(self) -> list[W.Widget]:
+        model_name = getattr(getattr(self.session, "model", None), "name", "")
+        title = W.HTML(
+            _CSS + '<div style="font-size:16px;font-weight:600;white-space:nowrap">'
+            "Parameter-space saliency explorer</div>"
+            f'<div style="font-size:12px;color:#555;white-space:nowrap">model {esc(model_name)}: '
+            "which filters malfunction on this image, and which pixels make them malfunction</div>",
+            layout=W.Layout(flex="0 0 auto", margin="0 24px 0 0"),
+        )
+        header = W.HBox(
+            [title, self.status.widget],
+            layout=W.Layout(flex_flow="row wrap", align_items="center", width="100%"),
+        )
+        toolbar = W.HBox(
+            [self.image_panel.widget, self.prediction_panel.label_row],
+            layout=W.Layout(
+                flex_flow="row wrap",
+                align_items="center",
+                width="100%",
+                grid_gap="4px 16px",
+                border_bottom="1px solid #ddd",
+                padding="0 0 2px 0",
+            ),
+        )
+        tabs = [self.prune_panel.widget, self.export_panel.widget]
+        titles = ["Turn filters off", "Export"]
+        if self.neighbours_panel is not None:
+            tabs.insert(1, self.neighbours_panel.widget)
+            titles.insert(1, "Neighbours")
+        if self.image_panel.browser is not None:
+            tabs.insert(0, self.image_panel.browser)
+            titles.insert(0, "Dataset")
+        self.tabs = W.Tab(children=tabs, titles=titles, layout=W.Layout(width="100%"))
+        # The tools under the chart: the right column (image, map, prediction, CAM) is taller
+        # than the chart, so this fills the left column instead of leaving a blank band.
+        left = W.VBox(
+            [self.profile_panel.widget, self.brush_panel.report, self.tabs],
+            layout=W.Layout(flex="1 1 480px", min_width="0", grid_gap="6px"),
+        )
+        views = W.HBox(
+            [self.brush_panel.widget, self.maps_panel.map_box],
+            layout=W.Layout(grid_gap="12px"),
+        )
+        self.prediction_panel.widget.layout.width = self.brush_panel.widget.layout.width
+        more = W.HBox(
+            [self.prediction_panel.widget, self.maps_panel.cam_box],
+            layout=W.Layout(grid_gap="12px"),
+        )
+        right = W.VBox([views, more], layout=W.Layout(flex="0 0 auto"))
+        main = W.HBox(
+            [left, right],
+            layout=W.Layout(flex_flow="row wrap", width="100%", grid_gap="16px", margin="4px 0 0 0"),
+        )
+        return [header, toolbar, main]
 
     # -- construction from the environment (the Voila dashboard) ---------------------------------
     @classmethod
@@ -181,68 +267,100 @@ class Explorer(W.VBox):
         """Block until every queued computation has finished (raises TimeoutError)."""
         self.worker.wait_idle(timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Stop the worker and close the widgets (the Session stays usable)."""
-        worker = getattr(self, "worker", None)  # close() also runs from __del__
+        """Stop the worker, release the Session if this Explorer created it, drop every callback
+        and close every widget of the app (ipywidgets keeps them registered until closed)."""
+        if getattr(self, "_closed", True):  # also runs from __del__, maybe half-built
+            return
+        self._closed = True
+        changed = getattr(self, "changed", None)
+        if changed is not None:
+            changed.clear()
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None:
+            watcher.unwatch_all()
+        worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close(wait=True)
+        session = getattr(self, "session", None)
+        if session is not None and self._owns_session:
+            with contextlib.suppress(Exception):
+                session.close()
+        self._close_widgets()
+        for cell, ref in list(self._by_cell.items()):
+            if ref() is self:
+                del self._by_cell[cell]
+
+    def _close_widgets(self) -> None:
+        panels = [
+            getattr(self, name, None)
+            for name in (
+                "status",
+                "profile_panel",
+                "prediction_panel",
+                "image_panel",
+                "brush_panel",
+                "maps_panel",
+                "prune_panel",
+                "export_panel",
+                "neighbours_panel",
+            )
+        ]
+        # Not self: close_widgets would call this method again; the VBox itself closes last.
+        roots: list[Any] = [*panels, *self.children, self.layout, getattr(self, "tabs", None)]
+        close_widgets([r for r in roots if r is not None])
+        self.children = ()
         super().close()
 
-    # -- plumbing shared by the panels -----------------------------------------------------------
-    @contextlib.contextmanager
-    def quiet(self, widget: W.Widget) -> Iterator[None]:
-        """Set a widget's value from code without running its ``observe`` action."""
-        self._quiet.add(id(widget))
-        try:
-            yield
-        finally:
-            self._quiet.discard(id(widget))
+    # -- the Host protocol: plumbing shared by the panels ----------------------------------------
+    def quiet(self, widget: W.Widget) -> contextlib.AbstractContextManager[None]:
+        """Set a widget's value from code (this thread) without running its ``watch`` action."""
+        return self._watcher.quiet(widget)
 
     def watch(self, widget: W.Widget, fn: Callable[[dict[str, Any]], None], what: str) -> None:
-        """``widget.observe(fn, names="value")``, guarded, skipped while ``quiet(widget)``."""
-        guarded = self.status.guard(fn, what)
-
-        def handler(change: dict[str, Any]) -> None:
-            if id(widget) not in self._quiet:
-                guarded(change)
-
-        widget.observe(handler, names="value")
+        """``widget.observe(fn, names="value")``, guarded, skipped while this thread is quiet."""
+        self._watcher.watch(widget, fn, what)
 
     def change_filters(self, fn: Callable[[], Any], *, what: str) -> None:
-        """Queue a change of F (or k / boost); then move the highlight and request the map."""
-        s = self.session
+        """Queue a change of F (or k / boost); then tell the panels."""
 
         def job() -> None:
             fn()
-            self.profile_panel.show_filters(s.filters)
-            self.profile_panel.sync_controls(k=s.k, boost=s.boost)
-            self.maps_panel.request_map()
+            self.changed.emit(StateEvent(frozenset(("filters", "settings"))))
+            self.status.success(f"F: {len(self.session.filters)} filters; computing the map…")
 
         self.worker.run(job, what=what)
 
-    def change_state(self, fn: Callable[[], Any], *, what: str, report: bool = False) -> None:
-        """Queue a change of the analysis (image, label, mask); then refresh every view.
+    def change_state(
+        self,
+        fn: Callable[[], Any],
+        *,
+        what: str,
+        changes: frozenset[Change] = ALL_STATE,
+        report: bool = False,
+    ) -> None:
+        """Queue a change of the analysis (image, label, mask, settings); then tell the panels.
 
-        With ``report=True`` the result of ``fn`` (a before / after comparison or None) goes
-        to the brush panel's Fig. 7c report.
+        With ``report=True`` the result of ``fn`` (a before / after comparison or None) travels
+        with the event, for the brush panel's Fig. 7c report.
         """
 
         def job() -> None:
             result = fn()
-            self.refresh(result if report else None)
+            self.changed.emit(StateEvent(frozenset(changes), result if report else None))
+            s = self.session
+            self.status.success(f"{s.image_name}: studying {s.label_name}")
 
         self.worker.run(job, what=what)
 
-    def refresh(self, report: dict[str, Any] | None = None) -> None:
-        """Redraw everything from the Session (call on the worker), then request map and CAM."""
-        s = self.session
-        self.profile_panel.show_profile(s.layout(), s.filters)
-        self.profile_panel.sync_controls(k=s.k, boost=s.boost)
-        self.prediction_panel.show()
-        self.image_panel.show()
-        self.brush_panel.show_image()
-        self.brush_panel.show_report(report)
-        self.prune_panel.clear()
-        self.maps_panel.request_map(delay=0.0)
-        self.maps_panel.request_cam(delay=0.0)
-        self.status.info(f"{s.image_name}: studying {s.label_name}")
+    def refresh(self) -> None:
+        """Redraw every view from the Session (call on the worker thread)."""
+        self.changed.emit(StateEvent(ALL_STATE))
+
+    def _write_chart(self, path: Path) -> None:
+        """The chart as one HTML file with plotly.js embedded (about 5 MB), so it opens offline."""
+        self.profile_panel.figure.write_html(path, include_plotlyjs=True, full_html=True)

@@ -11,7 +11,7 @@ shows the probabilities and the % change of each F filter's saliency before and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import ipywidgets as W
@@ -20,11 +20,9 @@ from ipyevents import Event
 
 from ..viz.encode import png_bytes
 from ..viz.masks import Stroke
+from .common import DISPLAY_WIDTH, explain
+from .host import Host, StateEvent
 from .html import change_bar, esc, span, table
-from .maps import DISPLAY_WIDTH
-
-if TYPE_CHECKING:
-    from .app import Explorer
 
 __all__ = ["BrushPanel"]
 
@@ -47,12 +45,23 @@ def _draw_stroke(image: np.ndarray, kind: str, points: Sequence[tuple[float, flo
     return out
 
 
+_HELP = (
+    "Cover part of the image and see what changes (paper section 3.4). Drag a <b>box</b> or draw "
+    "a <b>lasso</b> on the image; the region is filled (<b>mean</b> colour, <b>black</b> or a "
+    "<b>blur</b>) and the model runs again. The report below the chart then shows the "
+    "probabilities before and after, and how the saliency of each filter of F changed: if "
+    "masking the region makes F's filters much less salient, that region is what made them "
+    "malfunction. <b>mask top %</b> masks the most salient pixels of the input map. "
+    "<b>undo</b> removes the last mask, <b>reset</b> all of them."
+)
+
+
 class BrushPanel:
     """``psal-image`` (brushable), tool, fill, undo / reset, "mask the top p%" and the report."""
 
-    def __init__(self, app: Explorer) -> None:
-        self.app = app
-        self._base: np.ndarray = np.asarray(app.session.image)
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._base: np.ndarray = np.asarray(host.session.image)
         self.image = W.Image(value=png_bytes(self._base), format="png", width=DISPLAY_WIDTH)
         self.image.add_class("psal-image")
         self.events = Event(
@@ -62,46 +71,49 @@ class BrushPanel:
             throttle_or_debounce="throttle",
             wait=40,
         )
-        self.events.on_dom_event(app.status.guard(self._on_event, "brush"))
+        self.events.on_dom_event(host.status.guard(self._on_event, "brush"))
         self._drag: list[tuple[float, float]] | None = None
 
         self.tool = W.ToggleButtons(
-            options=["box", "lasso"], value="box", style={"button_width": "60px"}
+            options=["box", "lasso"], value="box", style={"button_width": "52px"}
         )
         self.fill = W.Dropdown(
             options=["mean", "black", "blur"],
             value="mean",
             description="fill",
-            layout=W.Layout(width="150px"),
+            style={"description_width": "initial"},
+            layout=W.Layout(width="110px"),
         )
-        self.undo = W.Button(description="undo", icon="undo", layout=W.Layout(width="80px"))
-        self.reset = W.Button(description="reset", layout=W.Layout(width="70px"))
+        self.undo = W.Button(description="undo", icon="undo", layout=W.Layout(width="72px"))
+        self.reset = W.Button(description="reset", layout=W.Layout(width="60px"))
         self.top_p = W.BoundedFloatText(
             value=5.0,
             min=0.1,
             max=100.0,
             step=1.0,
             description="top %",
-            layout=W.Layout(width="130px"),
+            style={"description_width": "initial"},
+            layout=W.Layout(width="100px"),
         )
-        self.top_button = W.Button(description="mask top p% of map", layout=W.Layout(width="160px"))
-        g = app.status.guard
+        self.top_button = W.Button(description="mask top % of map", layout=W.Layout(width="150px"))
+        g = host.status.guard
         self.undo.on_click(g(lambda _b: self.undo_mask(), "undo mask"))
         self.reset.on_click(g(lambda _b: self.reset_mask(), "reset mask"))
         self.top_button.on_click(g(lambda _b: self.mask_top_percent(), "mask top pixels"))
         self.masks = W.HTML("")
-        self.report = W.HTML("")
+        # Hidden while empty: an empty HTML still takes a line of the page.
+        self.report = W.HTML("", layout=W.Layout(display="none"))
         self.widget = W.VBox(
             [
-                W.HTML(
-                    "<b>Image</b> <span style='font-size:12px;color:#555'>(drag to mask)</span>"
-                ),
+                explain("Image", "drag on it to mask a region; the model runs again.", _HELP),
                 self.image,
-                W.HBox([self.tool, self.fill]),
+                W.HBox([self.tool, self.fill], layout=W.Layout(align_items="center")),
                 W.HBox([self.undo, self.reset, self.masks], layout=W.Layout(align_items="center")),
-                W.HBox([self.top_p, self.top_button]),
-            ]
+                W.HBox([self.top_p, self.top_button], layout=W.Layout(align_items="center")),
+            ],
+            layout=W.Layout(width=f"{DISPLAY_WIDTH + 4}px"),
         )
+        host.changed.connect(self._on_change, "image")
 
     # -- hooks ------------------------------------------------------------------------------------
     def on_stroke(
@@ -113,20 +125,20 @@ class BrushPanel:
             points=tuple((float(p[0]), float(p[1])) for p in points),
             fill=fill or self.fill.value,
         )
-        s = self.app.session
-        self.app.change_state(lambda: s.brush(stroke), what="brush", report=True)
+        s = self.host.session
+        self.host.change_state(lambda: s.brush(stroke), what="brush", report=True)
 
     def undo_mask(self) -> None:
-        self.app.change_state(self.app.session.undo_mask, what="undo", report=True)
+        self.host.change_state(self.host.session.undo_mask, what="undo", report=True)
 
     def reset_mask(self) -> None:
-        self.app.change_state(self.app.session.reset_mask, what="reset mask", report=True)
+        self.host.change_state(self.host.session.reset_mask, what="reset mask", report=True)
 
     def mask_top_percent(self, p: float | None = None) -> None:
         pct = float(self.top_p.value if p is None else p)
         fill = self.fill.value
-        s = self.app.session
-        self.app.change_state(
+        s = self.host.session
+        self.host.change_state(
             lambda: s.mask_top_percent(pct, fill=fill), what="mask top pixels", report=True
         )
 
@@ -153,8 +165,14 @@ class BrushPanel:
                 self.on_stroke("lasso", pts)
 
     # -- views (worker thread) --------------------------------------------------------------------
+    def _on_change(self, event: StateEvent) -> None:
+        if event.touches("image", "profile"):
+            self.show_image()
+        if event.touches("profile"):
+            self.show_report(event.report)
+
     def show_image(self) -> None:
-        s = self.app.session
+        s = self.host.session
         self._base = np.asarray(s.image)
         self.image.value = png_bytes(self._base)
         n = len(s.masks)
@@ -166,7 +184,9 @@ class BrushPanel:
         """Paper Fig. 7c: probabilities and the % change of each F filter's saliency."""
         if not report:
             self.report.value = ""
+            self.report.layout.display = "none"
             return
+        self.report.layout.display = None
         b, a = report["before"], report["after"]
         pred, label = report.get("pred", {}), report.get("label", {})
         probs = table(

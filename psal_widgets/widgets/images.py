@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
+from .common import class_picker, explain, parse_label
+from .host import Host, StateEvent
 from .html import esc
-from .prediction import class_picker, parse_label
-
-if TYPE_CHECKING:
-    from .app import Explorer
 
 __all__ = ["ImagePanel", "find_raw_images", "gallery_files"]
 
@@ -51,28 +49,46 @@ def gallery_files(folder: Path | None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-class ImagePanel:
-    """``psal-gallery`` dropdown, ``psal-upload`` file upload, optional dataset browser."""
+_DATASET_HELP = (
+    "The images of the dataset given with <code>data=</code>, with the model's prediction: "
+    "&#10003; correct, &#10007; a mistake. Mistakes are where parameter saliency is most "
+    "useful: their salient filters often point at what confused the model. Pick a row to "
+    "study that image with its true label."
+)
 
-    def __init__(self, app: Explorer, *, raw_images: Path | None = None) -> None:
-        self.app = app
-        s = app.session
-        g = app.status.guard
+
+class ImagePanel:
+    """``psal-gallery`` dropdown, ``psal-upload`` file upload, optional dataset browser.
+
+    Attributes
+    ----------
+    widget : ipywidgets.HBox
+        Gallery, upload and the caption, one compact row.
+    browser : ipywidgets.VBox or None
+        The dataset browser (with ``data=``), placed by the app.
+    """
+
+    def __init__(self, host: Host, *, raw_images: Path | None = None) -> None:
+        self.host = host
+        s = host.session
+        g = host.status.guard
         self.folder = find_raw_images(raw_images)
         files = gallery_files(self.folder)
         self.gallery = W.Dropdown(
             options=[("choose a sample image", None)] + [(p.name, str(p)) for p in files],
             value=None,
-            description="gallery",
-            layout=W.Layout(width="300px"),
+            description="image",
+            style={"description_width": "initial"},
+            layout=W.Layout(width="250px"),
         )
         self.gallery.add_class("psal-gallery")
-        app.watch(self.gallery, self._gallery_changed, "gallery")
-        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
+        host.watch(self.gallery, self._gallery_changed, "gallery")
+        self.upload = W.FileUpload(
+            accept="image/*", multiple=False, description="upload", layout=W.Layout(width="110px")
+        )
         self.upload.add_class("psal-upload")
-        self.upload.observe(g(self._uploaded, "upload"), names="value")
+        host.watch(self.upload, self._uploaded, "upload")
         self.caption = W.HTML("")
-        children: list[W.Widget] = [W.HBox([self.gallery, self.upload]), self.caption]
 
         self.browser: W.VBox | None = None
         if getattr(s, "dataset", None) is not None:
@@ -80,34 +96,52 @@ class ImagePanel:
                 options=[("all", None), ("correct", "correct"), ("incorrect", "incorrect")],
                 value=None,
             )
-            self.cls = class_picker(s.labels.names, placeholder="any class", description="class", width="300px")
+            self.cls = class_picker(
+                s.labels.names, placeholder="any class", description="class", width="300px"
+            )
             self.rows = W.Select(options=[], rows=8, layout=W.Layout(width="100%"))
             self.count = W.HTML("")
-            app.watch(self.only, lambda _c: self.refresh_rows(), "dataset filter")
-            app.watch(self.cls, lambda _c: self.refresh_rows(), "dataset class")
-            app.watch(self.rows, self._row_picked, "dataset row")
+            host.watch(self.only, lambda _c: self.refresh_rows(), "dataset filter")
+            host.watch(self.cls, lambda _c: self.refresh_rows(), "dataset class")
+            host.watch(self.rows, self._row_picked, "dataset row")
             self.browser = W.VBox(
-                [W.HTML("<b>Dataset</b>"), W.HBox([self.only, self.cls]), self.count, self.rows]
+                [
+                    explain("Dataset", "browse its images and open one.", _DATASET_HELP),
+                    W.HBox([self.only, self.cls]),
+                    self.count,
+                    self.rows,
+                ]
             )
-            children.append(self.browser)
-        self.widget = W.VBox(children)
+        self.widget = W.HBox(
+            [self.gallery, self.upload, self.caption], layout=W.Layout(align_items="center")
+        )
+        host.changed.connect(self._on_change, "image caption")
 
     # -- actions -------------------------------------------------------------------------------
     def open_file(self, path: str | os.PathLike[str]) -> None:
-        s = self.app.session
-        self.app.change_state(lambda: s.set_image(os.fspath(path)), what="open image")
+        s = self.host.session
+        self.host.change_state(lambda: s.set_image(os.fspath(path)), what="open image")
 
     def open_bytes(self, data: bytes, name: str) -> None:
-        s = self.app.session
-        self.app.change_state(lambda: s.set_image(data, name=name), what=f"upload {name}")
+        s = self.host.session
+
+        def load() -> None:
+            try:
+                s.set_image(data, name=name)
+            finally:
+                # Accepted or refused, the button's "(1)" counter goes back to zero, so that the
+                # same file can be picked again and the button does not claim a loaded file.
+                self._reset_upload()
+
+        self.host.change_state(load, what=f"upload {name}")
 
     def open_row(self, i: int) -> None:
-        s = self.app.session
-        self.app.change_state(lambda: s.open_dataset_image(int(i)), what="open dataset image")
+        s = self.host.session
+        self.host.change_state(lambda: s.open_dataset_image(int(i)), what="open dataset image")
 
     def refresh_rows(self) -> None:
         """Re-list the dataset rows for the current filters (runs on the worker)."""
-        s = self.app.session
+        s = self.host.session
         only = self.only.value
         cls = parse_label(str(self.cls.value or ""))
 
@@ -121,12 +155,12 @@ class ImagePanel:
                 )
                 for r in rows
             ]
-            with self.app.quiet(self.rows):
+            with self.host.quiet(self.rows):
                 self.rows.options = options
                 self.rows.value = None
             self.count.value = f'<span style="font-size:12px;color:#555">{len(rows)} images</span>'
 
-        self.app.worker.run(listing, what="dataset rows")
+        self.host.worker.run(listing, what="dataset rows")
 
     # -- callbacks (main thread) ------------------------------------------------------------------
     def _gallery_changed(self, change: dict[str, Any]) -> None:
@@ -151,21 +185,29 @@ class ImagePanel:
             self.open_row(int(change["new"]))
 
     # -- views (worker thread) --------------------------------------------------------------------
+    def _on_change(self, event: StateEvent) -> None:
+        if event.touches("image", "label", "profile"):
+            self.show()
+
+    def _reset_upload(self) -> None:
+        if self.upload.value:
+            with self.host.quiet(self.upload):
+                self.upload.value = ()
+
     def show(self) -> None:
-        s = self.app.session
+        s = self.host.session
         masks = len(s.masks)
         extra = f", {masks} mask{'s' if masks != 1 else ''}" if masks else ""
+        top = s.prediction(1)[0]
         self.caption.value = (
-            f'<span style="font-size:12px">image <b>{esc(s.image_name)}</b>, label '
-            f"<b>{esc(s.label_name)}</b> ({esc(s.label_source)}){extra}</span>"
+            f'<span style="font-size:12px">showing <b>{esc(s.image_name)}</b>{extra}; the model '
+            f"predicts <b>{esc(top['name'])}</b> ({float(top['prob']):.2f})</span>"
         )
         current = None
         for value in (v for _, v in self.gallery.options if v):
             if Path(value).name == s.image_name:
                 current = value
         if self.gallery.value != current:
-            with self.app.quiet(self.gallery):
+            with self.host.quiet(self.gallery):
                 self.gallery.value = current
-        if self.upload.value:
-            with self.app.quiet(self.upload):
-                self.upload.value = ()
+        self._reset_upload()

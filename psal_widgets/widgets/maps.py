@@ -2,27 +2,46 @@
 
 Both refreshes go through the worker's latest-wins queue (keys ``map`` and ``cam``): a burst
 of clicks costs one computation, and a result that a newer request overtook is never shown.
+The panel listens to the host's "state changed" signal: a new profile or F or threshold redraws
+the map, a new image or label redraws the CAM.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 import numpy as np
 
 from ..viz.encode import png_bytes
 from ..viz.heatmap import overlay
+from .common import DISPLAY_WIDTH, class_picker, colorbar_html, explain, label_option, parse_label
+from .host import Host, StateEvent
 from .html import esc
-from .prediction import class_picker, label_option, parse_label
-
-if TYPE_CHECKING:
-    from .app import Explorer
 
 __all__ = ["MapsPanel"]
 
-#: Displayed size of the 224-px images (enlarged so that brushing is comfortable).
-DISPLAY_WIDTH = 336
+#: Upper percentile of the map's clipping (fixed by the method, paper B.2).
+UPPER_PERCENTILE = 99
+
+_MAP_HELP = (
+    "Which pixels make the filters of F look malfunctioning. We build a target profile in which "
+    "the saliencies of the filters in F are multiplied by the <b>boost</b> (100 by default) and "
+    "measure how far the image's own profile is from that target with the <b>cosine distance</b> "
+    "(1 &minus; the cosine of the angle between the two profiles). The gradient of that distance "
+    "with respect to each input pixel says how much the pixel drives the filters of F: bright "
+    "pixels are the ones that make F salient. The <b>threshold percentile</b> hides the weak "
+    "part: pixels below it show the plain photo, and values above the "
+    f"{UPPER_PERCENTILE}th percentile are clipped to the top colour."
+)
+_CAM_HELP = (
+    "A class activation map (GradCAM and relatives, from the <i>grad-cam</i> package): the image "
+    "regions that the chosen class's score depends on, read from a convolution layer's "
+    "activations and gradients. It answers a different question than the input saliency of F "
+    "(&ldquo;where does the model look for this class?&rdquo; rather than &ldquo;which pixels "
+    "make these filters malfunction?&rdquo;); the paper compares the two (appendix A.10). The "
+    "class box says which class is explained."
+)
 
 
 def _blank(size: int = 224) -> bytes:
@@ -30,12 +49,20 @@ def _blank(size: int = 224) -> bytes:
 
 
 class MapsPanel:
-    """``psal-map`` with its threshold percentile, ``psal-cam`` with method / class / layer."""
+    """``psal-map`` with its threshold percentile, ``psal-cam`` with method / class / layer.
 
-    def __init__(self, app: Explorer, *, debounce: float = 0.15) -> None:
-        self.app = app
+    Attributes
+    ----------
+    map_box, cam_box : ipywidgets.VBox
+        The two views (the app places them).
+    map_version : int
+        Increases each time a new input map is shown.
+    """
+
+    def __init__(self, host: Host, *, debounce: float = 0.15) -> None:
+        self.host = host
         self.debounce = debounce
-        s = app.session
+        s = host.session
         self.map_version = 0
         self.map = W.Image(value=_blank(), format="png", width=DISPLAY_WIDTH)
         self.map.add_class("psal-map")
@@ -45,12 +72,15 @@ class MapsPanel:
             min=0.0,
             max=98.0,
             step=1.0,
-            description="threshold pct",
+            description="threshold percentile",
             continuous_update=False,
-            style={"description_width": "90px"},
+            readout_format=".0f",
+            style={"description_width": "initial"},
             layout=W.Layout(width=f"{DISPLAY_WIDTH}px"),
         )
-        app.watch(self.percentile, self._percentile_changed, "percentile")
+        host.watch(self.percentile, self._percentile_changed, "threshold percentile")
+        self.map_colorbar = W.HTML("")
+        self._show_map_colorbar(s.percentile)
 
         self.cam = W.Image(value=_blank(), format="png", width=DISPLAY_WIDTH)
         self.cam.add_class("psal-cam")
@@ -59,10 +89,13 @@ class MapsPanel:
             options=list(s.cam_methods),
             value=s.cam_methods[0],
             description="method",
-            layout=W.Layout(width="230px"),
+            layout=W.Layout(width=f"{DISPLAY_WIDTH}px"),
         )
         self.target = class_picker(
-            s.labels.names, placeholder="predicted class", description="class", width=f"{DISPLAY_WIDTH}px"
+            s.labels.names,
+            placeholder="predicted class",
+            description="class",
+            width=f"{DISPLAY_WIDTH}px",
         )
         layers = list(s.cam_layers())
         self.layer = W.Dropdown(
@@ -77,26 +110,43 @@ class MapsPanel:
             (self.target, "CAM class"),
             (self.layer, "CAM layer"),
         ):
-            app.watch(w, lambda _c: self.request_cam(), what)
+            host.watch(w, lambda _c: self.request_cam(), what)
 
-        map_box = W.VBox(
-            [W.HTML("<b>Input saliency of F</b>"), self.map, self.map_caption, self.percentile]
+        box = W.Layout(width=f"{DISPLAY_WIDTH + 4}px")
+        self.map_box = W.VBox(
+            [
+                explain("Input saliency of F", "the pixels that drive F.", _MAP_HELP),
+                self.map,
+                self.map_colorbar,
+                self.map_caption,
+                self.percentile,
+            ],
+            layout=box,
         )
-        cam_box = W.VBox(
-            [W.HTML("<b>CAM</b>"), self.cam, self.cam_caption, self.method, self.target, self.layer]
+        self.cam_box = W.VBox(
+            [
+                explain("CAM", "where the model looks for a class.", _CAM_HELP),
+                self.cam,
+                W.HTML(colorbar_html(low="low", high="high")),
+                self.cam_caption,
+                self.method,
+                self.target,
+                self.layer,
+            ],
+            layout=box,
         )
-        self.map_box, self.cam_box = map_box, cam_box
+        host.changed.connect(self._on_change, "maps")
 
     # -- requests (any thread) -------------------------------------------------------------------
     def request_map(self, *, delay: float | None = None) -> None:
         """Recompute the input map for the session's current F (debounced, latest wins)."""
-        s = self.app.session
+        s = self.host.session
 
-        def compute() -> tuple[bytes, list[int]]:
+        def compute() -> tuple[bytes, list[int], float, float]:
             filters = s.filters
-            return png_bytes(s.input_overlay(filters)), filters
+            return png_bytes(s.input_overlay(filters)), filters, s.boost, s.percentile
 
-        self.app.worker.latest(
+        self.host.worker.latest(
             "map",
             compute,
             then=self._show_map,
@@ -104,24 +154,27 @@ class MapsPanel:
             what="input map",
         )
 
+    def _cam_target(self) -> int | str | None:
+        """The class the CAM explains: the class box, or None (the Session's default)."""
+        return parse_label(str(self.target.value or ""))
+
     def request_cam(self, *, delay: float | None = None) -> None:
-        s = self.app.session
+        s = self.host.session
         method = str(self.method.value)
-        target = parse_label(str(self.target.value or ""))
+        target = self._cam_target()
         layer = self.layer.value or None
 
         def compute() -> tuple[bytes, str]:
             heat = s.cam(method=method, target=target, layer=layer)
             if target is None:
                 top = s.prediction(1)[0]
-                cls = label_option(top["index"], top["name"])
+                cls = f"{label_option(top['index'], top['name'])}, the predicted class"
             else:
-                cls = label_option(
-                    s.labels.resolve(target), s.labels.name(s.labels.resolve(target))
-                )
+                i = s.labels.resolve(target)
+                cls = label_option(i, s.labels.name(i))
             return png_bytes(overlay(s.image, heat)), f"{method} for {cls}"
 
-        self.app.worker.latest(
+        self.host.worker.latest(
             "cam",
             compute,
             then=self._show_cam,
@@ -131,25 +184,48 @@ class MapsPanel:
 
     def _percentile_changed(self, change: dict[str, Any]) -> None:
         p = float(change["new"])
-        s = self.app.session
-        self.app.worker.run(lambda: s.set_percentile(p), what="threshold percentile")
-        self.request_map()
+        s = self.host.session
+        self.host.change_state(
+            lambda: s.set_percentile(p), what="threshold percentile", changes=frozenset({"settings"})
+        )
 
-    # -- views (worker thread, only for the newest request) --------------------------------------
-    def _show_map(self, result: tuple[bytes, list[int]]) -> None:
-        png, filters = result
+    # -- views (worker thread) -------------------------------------------------------------------
+    def _on_change(self, event: StateEvent) -> None:
+        if event.touches("profile"):
+            self.request_map(delay=0.0)
+        elif event.touches("filters", "settings"):
+            self.request_map()
+        if event.touches("image", "label", "profile"):
+            self.request_cam(delay=0.0)
+        if event.touches("settings"):
+            p = self.host.session.percentile
+            if self.percentile.value != p:
+                with self.host.quiet(self.percentile):
+                    self.percentile.value = p
+
+    def _show_map_colorbar(self, percentile: float) -> None:
+        self.map_colorbar.value = colorbar_html(
+            low=f"{percentile:g}th percentile (below: hidden)",
+            high=f"&ge; {UPPER_PERCENTILE}th",
+        )
+
+    def _show_map(self, result: tuple[bytes, list[int], float, float]) -> None:
+        png, filters, boost, percentile = result
         self.map.value = png
+        self._show_map_colorbar(percentile)
         self.map_caption.value = (
-            f'<span style="font-size:12px;color:#555">|F| = {len(filters)}, boost '
-            f"{self.app.session.boost:g}, clipped at the "
-            f"{self.app.session.percentile:g}th percentile</span>"
+            f'<span style="font-size:11px;color:#555">|F| = {len(filters)}, boost {boost:g}, '
+            f"threshold percentile {percentile:g} (values below it are hidden, values above the "
+            f"{UPPER_PERCENTILE}th percentile are clipped)</span>"
         )
         self.map_version += 1
-        self.app.status.set_ready()
-        s = self.app.session
-        self.app.status.settle(f"{s.image_name}: studying '{s.label_name}', {len(filters)} filters boosted")
+        self.host.status.set_ready()
+        s = self.host.session
+        self.host.status.settle(
+            f"{s.image_name}: studying '{s.label_name}', {len(filters)} filters in F"
+        )
 
     def _show_cam(self, result: tuple[bytes, str]) -> None:
         png, caption = result
         self.cam.value = png
-        self.cam_caption.value = f'<span style="font-size:12px;color:#555">{esc(caption)}</span>'
+        self.cam_caption.value = f'<span style="font-size:11px;color:#555">{esc(caption)}</span>'

@@ -4,17 +4,17 @@ profiles are closest (cosine) to the current one, optionally over a range of lay
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import ipywidgets as W
 import numpy as np
 
 from ..viz.encode import png_bytes, thumbnail
+from .common import close_widgets, explain
+from .host import Host
 from .html import esc, span
-
-if TYPE_CHECKING:
-    from .app import Explorer
 
 __all__ = ["NeighboursPanel", "read_thumbnail"]
 
@@ -29,14 +29,31 @@ def read_thumbnail(path: str | os.PathLike[str], *, max_side: int = _THUMB) -> b
     return png_bytes(thumbnail(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), max_side=max_side))
 
 
-class NeighboursPanel:
-    """k, an optional layer range (IntRangeSlider), a button, and a grid of neighbour cards."""
+_HELP = (
+    "The dataset images whose saliency profiles are most similar to this one: the "
+    "<b>cosine similarity</b> of the two standardized profiles (1 = the same filters are "
+    "salient in the same proportions). Images that malfunction in the same way tend to be "
+    "mistakes of the same kind (paper section 3.2). <b>only layers</b> compares shallow or deep "
+    "layers only; &#10003; marks a correctly classified neighbour."
+)
 
-    def __init__(self, app: Explorer) -> None:
-        self.app = app
-        s = app.session
+
+class NeighboursPanel:
+    """k, an optional layer range (IntRangeSlider), a button, and a grid of neighbour cards.
+
+    Parameters
+    ----------
+    host : Host
+    open_row : callable(i)
+        Opens dataset row ``i`` (the image panel's action), for each card's "open" button.
+    """
+
+    def __init__(self, host: Host, *, open_row: Callable[[int], None]) -> None:
+        self.host = host
+        self.open_row = open_row
+        s = host.session
         n_layers = len(s.layout().layer_names)
-        g = app.status.guard
+        g = host.status.guard
         self.k = W.BoundedIntText(
             value=10, min=1, max=100, description="k", layout=W.Layout(width="160px")
         )
@@ -63,11 +80,16 @@ class NeighboursPanel:
         self.results: list[dict[str, Any]] = []
         self.button.on_click(g(lambda _b: self.find(), "neighbours"))
         self.widget = W.VBox(
-            [W.HBox([self.k, self.restrict, self.layers, self.button]), self.summary, self.grid]
+            [
+                explain("Neighbours", "images whose filters malfunction alike.", _HELP),
+                W.HBox([self.k, self.restrict, self.layers, self.button]),
+                self.summary,
+                self.grid,
+            ]
         )
 
     def find(self, k: int | None = None, layers: tuple[int, int] | None = None) -> None:
-        s = self.app.session
+        s = self.host.session
         count = int(self.k.value if k is None else k)
         span = (
             layers
@@ -83,7 +105,7 @@ class NeighboursPanel:
                 r["thumb"] = read_thumbnail(files[r["i"]]) if files is not None else None
             return rows
 
-        self.app.worker.run(run, then=self.show, what="neighbours")
+        self.host.worker.run(run, then=self.show, what="neighbours")
 
     def show(self, rows: list[dict[str, Any]]) -> None:
         self.results = rows
@@ -107,12 +129,12 @@ class NeighboursPanel:
             open_button = W.Button(description="open", layout=W.Layout(width=f"{_THUMB}px"))
             i = int(r["i"])
             open_button.on_click(
-                self.app.status.guard(
-                    lambda _b, i=i: self.app.image_panel.open_row(i), "open neighbour"
-                )
+                self.host.status.guard(lambda _b, i=i: self.open_row(i), "open neighbour")
             )
             cards.append(W.VBox([img, text, open_button]))
+        old = self.grid.children
         self.grid.children = cards
+        close_widgets(old)  # replaced cards would otherwise stay registered in the kernel
         correct = float(np.mean([r["correct"] for r in rows])) if rows else 0.0
         self.summary.value = span(
             f"{len(rows)} neighbours, {correct:.0%} of them correctly classified"

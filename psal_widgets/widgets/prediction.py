@@ -2,52 +2,23 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
+from .common import class_picker, explain, label_option, parse_label
+from .host import Host, StateEvent
 from .html import esc, prediction_table
 
-if TYPE_CHECKING:
-    from .app import Explorer
+__all__ = ["PredictionPanel"]
 
-__all__ = ["PredictionPanel", "class_picker", "label_option", "parse_label"]
-
-_OPTION = re.compile(r"^(.*\S)\s+\((\d+)\)$")
-
-
-def label_option(index: int, name: str) -> str:
-    """How a class appears in the pickers: ``"tabby (281)"`` (unique even for duplicate names)."""
-    return f"{name} ({int(index)})"
-
-
-def parse_label(text: str) -> int | str | None:
-    """A picker's text -> what ``Session.set_label`` takes: the index of ``"name (i)"``,
-    otherwise the text itself (an index, WordNet id or name); None for blank text."""
-    t = text.strip()
-    if not t:
-        return None
-    m = _OPTION.match(t)
-    if m:
-        return int(m.group(2))
-    return t
-
-
-def class_picker(
-    names: list[str], *, description: str, placeholder: str, width: str, value: str = ""
-) -> W.Combobox:
-    """A searchable picker over the class names (options ``"name (i)"``, free text allowed:
-    an index, a WordNet id or a name), applied on Enter or when the box loses focus."""
-    return W.Combobox(
-        options=[label_option(i, n) for i, n in enumerate(names)],
-        value=value,
-        placeholder=placeholder,
-        ensure_option=False,
-        continuous_update=False,
-        description=description,
-        layout=W.Layout(width=width),
-    )
+_HELP = (
+    "The model's five most probable classes for the image as it is now (masks included). "
+    "The <b>label under study</b> is the class whose loss is differentiated to get the filter "
+    "saliencies: by default the true label when it is known, otherwise the prediction. Pick "
+    "another class to ask &ldquo;why is this not a <i>tabby</i>?&rdquo;: every view then "
+    "explains that label."
+)
 
 
 class PredictionPanel:
@@ -57,40 +28,44 @@ class PredictionPanel:
     label shows an error in the status line and the picker goes back to the current label.
     """
 
-    def __init__(self, app: Explorer) -> None:
-        self.app = app
-        s = app.session
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        s = host.session
         self.label = class_picker(
             s.labels.names,
             value=label_option(s.label, s.label_name),
             placeholder="type a class name",
             description="label",
-            width="360px",
+            width="300px",
         )
+        self.label.style.description_width = "initial"
         self.label.add_class("psal-label")
         self.source = W.HTML("")
-        self.default = W.Button(description="true / default label", layout=W.Layout(width="170px"))
+        self.default = W.Button(
+            description="back to default label", layout=W.Layout(width="170px")
+        )
         self.table = W.HTML("")
         self.table.add_class("psal-prediction")
-        app.watch(self.label, self._label_changed, "label")
+        host.watch(self.label, self._label_changed, "label")
         self.default.on_click(
-            app.status.guard(lambda _b: self.request_label(None, default=True), "default label")
+            host.status.guard(lambda _b: self.request_label(None, default=True), "default label")
+        )
+        #: The label row sits in the app's toolbar; the table with the explanation in a column.
+        self.label_row = W.HBox(
+            [self.label, self.default, self.source],
+            layout=W.Layout(flex_flow="row wrap", align_items="center"),
         )
         self.widget = W.VBox(
-            [
-                W.HTML("<b>Prediction</b>"),
-                self.table,
-                W.HBox([self.label, self.default], layout=W.Layout(flex_flow="row wrap")),
-                self.source,
-            ]
+            [explain("Prediction", "what the model says now.", _HELP), self.table]
         )
+        host.changed.connect(self._on_change, "prediction")
 
     def request_label(self, label: int | str | None, *, default: bool = False) -> None:
         """Study ``label`` (None with ``default=True``: back to the true / default label)."""
         if label is None and not default:
             self.show_label()  # blank text: keep the current label
             return
-        s = self.app.session
+        s = self.host.session
 
         def change() -> None:
             try:
@@ -99,19 +74,25 @@ class PredictionPanel:
                 self.show_label()  # the previous label stays, and the picker says so
                 raise
 
-        self.app.change_state(change, what="label")
+        self.host.change_state(
+            change, what="label", changes=frozenset(("profile", "label", "filters"))
+        )
 
     def _label_changed(self, change: dict[str, Any]) -> None:
         self.request_label(parse_label(str(change["new"])))
 
     # -- views (worker thread) ------------------------------------------------------------------
+    def _on_change(self, event: StateEvent) -> None:
+        if event.touches("profile", "image", "label"):
+            self.show()
+
     def show_label(self) -> None:
-        s = self.app.session
-        with self.app.quiet(self.label):
+        s = self.host.session
+        with self.host.quiet(self.label):
             self.label.value = label_option(s.label, s.label_name)
         how = {
             "known": "the true label",
-            "given": "chosen",
+            "given": "chosen by you",
             "prediction": "the prediction (no true label known)",
         }
         self.source.value = (
@@ -120,7 +101,7 @@ class PredictionPanel:
         )
 
     def show(self) -> None:
-        s = self.app.session
+        s = self.host.session
         top = s.prediction(5)
         probs = s.probabilities() if hasattr(s, "probabilities") else None
         extra = ""

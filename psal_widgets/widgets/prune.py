@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as W
 
+from .common import explain
+from .host import Host, StateEvent
 from .html import esc, table
-
-if TYPE_CHECKING:
-    from .app import Explorer
 
 __all__ = ["PrunePanel"]
 
@@ -43,12 +42,25 @@ def prune_table(results: list[dict[str, Any]]) -> str:
     )
 
 
-class PrunePanel:
-    """Buttons: turn F off; F plus the random and least-salient baselines in one click."""
+_HELP = (
+    "<b>Turning a filter off</b> means setting its weights to zero (and the bias of the batch "
+    "norm that follows it), on a copy of the model's parameters, and predicting again: the "
+    "next layer then gets (almost) no signal from that filter. Your model is not changed. "
+    "If the filters of F really cause a mistake, turning them off should help the true class "
+    "more than turning off as many <b>random</b> filters or the <b>least salient</b> ones "
+    "(the baselines; paper section 3.1). The seed picks the random filters."
+)
 
-    def __init__(self, app: Explorer) -> None:
-        self.app = app
-        g = app.status.guard
+
+class PrunePanel:
+    """Buttons: turn F off; F plus the random and least-salient baselines in one click.
+
+    The result table is the place for more per-run fields (the Session's prune report).
+    """
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        g = host.status.guard
         self.seed = W.BoundedIntText(
             value=0, min=0, max=2**31 - 1, description="seed", layout=W.Layout(width="150px")
         )
@@ -66,26 +78,31 @@ class PrunePanel:
         )
         self.widget = W.VBox(
             [
-                W.HTML(
-                    '<span style="font-size:12px;color:#555">Zero the weights of the filters (and '
-                    "their batch norm's bias) on a copy of the parameters and predict again. "
-                    "Baselines use "
-                    "as many filters as F.</span>"
+                explain(
+                    "Turn filters off",
+                    "predict again without the filters of F, and compare with as many random or "
+                    "least-salient filters.",
+                    _HELP,
                 ),
                 W.HBox([self.off, self.compare, self.seed]),
                 self.result,
             ]
         )
+        host.changed.connect(self._on_change, "turn filters off")
 
     def prune(self, kinds: tuple[str, ...] = ("selected",)) -> None:
-        s = self.app.session
+        s = self.host.session
         seed = int(self.seed.value)
 
         def run() -> list[dict[str, Any]]:
             n = len(s.filters)
             return [s.prune(kind, n=None if kind == "selected" else n, seed=seed) for kind in kinds]
 
-        self.app.worker.run(run, then=self.show, what="turn filters off")
+        self.host.worker.run(run, then=self.show, what="turn filters off")
+
+    def _on_change(self, event: StateEvent) -> None:
+        if event.touches("profile"):
+            self.clear()  # the results were for another image, label or mask
 
     def show(self, results: list[dict[str, Any]]) -> None:
         self.results = results

@@ -64,9 +64,13 @@ class StatusPanel:
         self._lock = threading.Lock()
         self.widget = W.VBox(
             [
-                W.HBox([self.line, self.busy, self.ready], layout=W.Layout(align_items="center")),
+                W.HBox(
+                    [self.line, self.busy, self.ready],
+                    layout=W.Layout(align_items="center", flex_flow="row wrap"),
+                ),
                 self._log_box,
-            ]
+            ],
+            layout=W.Layout(flex="1 1 300px", min_width="0"),
         )
 
     # -- messages -------------------------------------------------------------------------
@@ -76,9 +80,14 @@ class StatusPanel:
         self._error_shown = False
 
     def settle(self, message: str) -> None:
-        """Show a plain message once work is done, unless an error is on show (keep that)."""
+        """Show a plain message when a view finishes, unless an error is on show (keep that:
+        a map that finishes right after a failed action must not hide the error)."""
         if not self._error_shown:
             self.info(message)
+
+    def success(self, message: str) -> None:
+        """An action succeeded: show ``message``, replacing an old error (which stays in the log)."""
+        self.info(message)
 
     def error(self, exc: BaseException | str, what: str = "") -> None:
         """Show ``error: ...`` in the status line and log the traceback."""

@@ -216,6 +216,10 @@ class Worker:
             except Exception as exc:  # a broken indicator must not stop the worker
                 self._report(exc, "busy indicator")
 
+    def _count_dropped(self) -> None:
+        with self._cond:  # read by other threads (tests, benchmarks)
+            self.dropped += 1
+
     def _report(self, exc: BaseException, what: str) -> None:
         if self.on_error is not None:
             try:
@@ -233,12 +237,12 @@ class Worker:
                     with self._cond:
                         self._set_busy(True)
                 if job.key is not None and not self.is_current(job.key, job.generation):
-                    self.dropped += 1
+                    self._count_dropped()
                     continue
                 result = job.fn()
                 if job.key is not None and not self.is_current(job.key, job.generation):
                     # A newer request was made while this one ran: its result is stale.
-                    self.dropped += 1
+                    self._count_dropped()
                     continue
                 if job.then is not None:
                     job.then(result)
