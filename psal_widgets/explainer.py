@@ -24,7 +24,8 @@ from .kernels.cam import cam_map, conv_layer_names
 from .kernels.filters import FilterIndex
 from .kernels.interventions import FilterPruner
 from .kernels.layout import sorted_profile
-from .kernels.saliency import InputSaliency
+from .kernels.basis import SaliencyBasis
+from .kernels.saliency import InputSaliency, negligible_set
 from .kernels.standardize import zscore
 from .kernels.stats import FilterStats
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -181,6 +182,7 @@ class Analysis:
         self.label = label
         self.label_source = label_source
         self._kernel = kernel
+        self._basis: SaliencyBasis | None = None
         #: Profile in the explainer's mode, shape [F].
         self.profile: np.ndarray = kernel.values.cpu().double().numpy()
         #: Raw profile of the mode, shape [F]: mean |grad| per filter (mean grad for ``signed``).
@@ -228,6 +230,50 @@ class Analysis:
         """Signed gradient of the cosine distance w.r.t. the input, shape [3, H, W]."""
         ids = self.top_filters(k) if filters is None else np.asarray(filters, dtype=np.int64)
         return self._kernel.gradient(ids, boost=boost).cpu().numpy()
+
+    def zero_map_reason(self, filters: Sequence[int] | np.ndarray) -> str | None:
+        """Why the input map of ``filters`` is exactly zero, or None when it is not.
+
+        Boosting entries that are ~0 (dead filters: σ = 0 over the validation set, so ŝ = 0 on
+        every image) or boosting the whole profile leaves the target on the profile's ray: the
+        cosine distance cannot change, so its gradient is exactly zero.
+        """
+        ids = torch.as_tensor(np.asarray(filters, dtype=np.int64)).reshape(-1)
+        if ids.numel() == 0 or not negligible_set(self._kernel.values, ids):
+            return None
+        inside = float(np.sum(self.profile[ids.numpy()] ** 2))
+        if inside <= float(np.sum(self.profile**2)) * 1e-24:
+            return ("these filters have saliency ~0 on this image (dead filters: their std over the "
+                    "validation set is 0), so boosting them cannot change the profile: the map is zero")
+        return "F holds the whole profile: boosting all of it only rescales it, so the map is zero"
+
+    # -- the basis (GUIDE §3): maps of a filter set as a weighted sum of per-filter maps ----------
+    def basis_add(self, filters: Sequence[int] | np.ndarray, *, chunk: int = 4) -> None:
+        """Build the basis maps of ``filters`` (the first call also builds ``g₀ = Jᵀŝ``).
+
+        Each filter costs about one backward pass; call with the best-ranked filters first and
+        a few at a time so that other work can interleave.
+        """
+        if self._basis is None:
+            self._basis = SaliencyBasis(self._kernel)
+        self._basis.add([int(i) for i in np.asarray(filters).reshape(-1)], chunk=chunk)
+
+    def basis_started(self) -> bool:
+        return self._basis is not None
+
+    def basis_covers(self, filters: Sequence[int] | np.ndarray) -> bool:
+        """Whether every filter of the set has its basis map (then the map costs milliseconds)."""
+        return self._basis is not None and self._basis.covers(np.asarray(filters).reshape(-1))
+
+    def basis_candidates(self) -> list[int]:
+        """Filter ids with a basis map, in build order."""
+        return [] if self._basis is None else self._basis.candidates
+
+    def basis_gradient(self, filters: Sequence[int] | np.ndarray, *, boost: float = 100.0) -> np.ndarray:
+        """:meth:`input_gradient` of a covered set from the basis, shape [3, H, W]."""
+        if self._basis is None:
+            raise KeyError("no basis yet: call basis_add() first")
+        return self._basis.gradient(np.asarray(filters).reshape(-1), boost=boost).cpu().numpy()
 
     def input_map(
         self,
@@ -287,5 +333,6 @@ class Analysis:
         return torch.softmax(logits.float(), dim=0).cpu().numpy()
 
     def release(self) -> None:
-        """Free the kept graph (further input maps then fail)."""
+        """Free the kept graph and the basis maps (further input maps then fail)."""
+        self._basis = None
         self._kernel.release()

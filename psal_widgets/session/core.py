@@ -40,6 +40,7 @@ from ..models import DEFAULT_MODEL, LoadedModel
 from ..viz.heatmap import overlay, saliency_heatmap
 from ..viz.masks import Fill, Stroke
 from . import export as _export
+from .basis import BasisPlan, plan_candidates
 from .cache import LRUCache
 from .classes import class_ref, top_classes
 from .dataset import DatasetBrowser, no_dataset
@@ -51,6 +52,7 @@ from .selection import Selection, check_filter_mode, check_ids
 from .settings import Settings
 from .state import State, frozen
 from .types import (
+    BasisStatus,
     BrushReport,
     CamTarget,
     CamView,
@@ -169,8 +171,14 @@ class Session:
         k: int = 10,
         boost: float = 100.0,
         percentile: float = 90.0,
+        basis_k: int = 32,
+        basis_per_layer: int = 1,
     ) -> None:
         self._lock = threading.RLock()
+        # Candidates of the instant-map basis (see session/basis.py); basis_k=0 and
+        # basis_per_layer=0 turn it off (every map is then one backward pass).
+        self._basis_k, self._basis_per_layer = int(basis_k), int(basis_per_layer)
+        self._basis_plan: BasisPlan | None = None
         self._closed = False
         self.explainer = _explainer_for(model, device=device, stats=stats, weights=weights)
         self._settings = Settings(self.explainer.index.n_filters, k, boost, percentile)
@@ -527,12 +535,79 @@ class Session:
         }
 
     # -- maps ------------------------------------------------------------------------------------
+    #: A filter set with at most this many filters outside the basis gets them added (one
+    #: batched backward pass) and is then answered from the basis; larger ones go direct.
+    BASIS_ADD_LIMIT = 2
+
     def _gradient(self, ids: list[int]) -> np.ndarray:
         st, boost = self._st, self._settings.boost
         key = ("gradient", st.generation, tuple(sorted(ids)), boost)
-        return self._cache.get_or_compute(
-            key, lambda: st.analysis.input_gradient(np.asarray(ids, dtype=np.int64), boost=boost)
-        )
+        return self._cache.get_or_compute(key, lambda: self._compute_gradient(st.analysis, ids, boost))
+
+    def _compute_gradient(self, analysis: Analysis, ids: list[int], boost: float) -> np.ndarray:
+        """From the basis when it covers ``ids`` (milliseconds), else one backward pass."""
+        if analysis.basis_covers(ids):
+            return analysis.basis_gradient(ids, boost=boost)
+        if analysis.basis_started():
+            missing = [i for i in ids if i not in set(analysis.basis_candidates())]
+            if len(missing) <= self.BASIS_ADD_LIMIT:
+                analysis.basis_add(missing)  # what this click costs; the next ones are instant
+                return analysis.basis_gradient(ids, boost=boost)
+        return analysis.input_gradient(np.asarray(ids, dtype=np.int64), boost=boost)
+
+    # -- the instant-map basis, built in the background -------------------------------------------
+    def _plan(self) -> BasisPlan:
+        st = self._st
+        plan = self._basis_plan
+        if plan is None or plan.generation != st.generation:
+            layer_of = self.explainer.index.layer_of(np.arange(self.n_filters))
+            cands = plan_candidates(st.analysis.profile, layer_of, k=self._basis_k, per_layer=self._basis_per_layer)
+            plan = self._basis_plan = BasisPlan(st.generation, cands)
+        return plan
+
+    @_locked
+    def basis_step(self, max_filters: int = 1) -> bool:
+        """Build the next ``max_filters`` basis maps of the current analysis (best-ranked first).
+
+        Meant to be called repeatedly in idle time (the explorer's worker does): each call costs
+        about one backward pass per filter (the first also builds ``g₀``). A new image, label or
+        mask starts a new plan, so old work is never continued.
+
+        Returns
+        -------
+        bool
+            True while candidates remain to be built.
+        """
+        plan = self._plan()
+        if plan.done:
+            return False
+        analysis = self._st.analysis
+        chunk = plan.next_chunk(max_filters)
+        analysis.basis_add(chunk, chunk=len(chunk))
+        plan.built += len(chunk)
+        return not plan.done
+
+    @_locked
+    def basis_status(self) -> BasisStatus:
+        """``{"built", "planned", "covers_f"}``: progress of the current analysis's basis and
+        whether F is answered from it (instantly)."""
+        plan = self._plan()
+        analysis = self._st.analysis
+        ids = list(self._selection.ids)
+        return {
+            "built": len(analysis.basis_candidates()),
+            "planned": len(plan.candidates),
+            "covers_f": bool(ids) and analysis.basis_covers(ids),
+        }
+
+    @_locked
+    def map_note(self, filters: Sequence[int] | None = None) -> str | None:
+        """Why the map of F (or ``filters``) is all zero, when it is exactly zero by construction
+        (a set of dead filters, or the whole profile); None otherwise."""
+        ids = list(self._selection.ids) if filters is None else check_ids(filters, self.n_filters)
+        if not ids:
+            return "F is empty: pick filters on the chart (or press top-k) to see their map"
+        return self._st.analysis.zero_map_reason(ids)
 
     @_locked
     def input_map(self, filters: Sequence[int] | None = None) -> np.ndarray:

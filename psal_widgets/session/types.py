@@ -13,6 +13,7 @@ from .resolve import LabelSource
 
 __all__ = [
     "PRUNE_CHOICES",
+    "BasisStatus",
     "BrushReport",
     "CamTarget",
     "CamView",
@@ -86,6 +87,14 @@ class CamView:
     method: str = "gradcam"
     target: int | None = None
     layer: str | None = None
+
+
+class BasisStatus(TypedDict):
+    """Progress of the instant-map basis of the current analysis."""
+
+    built: int
+    planned: int
+    covers_f: bool
 
 
 class FilterInfo(TypedDict):

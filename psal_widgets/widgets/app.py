@@ -41,7 +41,7 @@ from .worker import Worker
 
 __all__ = ["Explorer"]
 
-_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE")
+_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE", "PSAL_WEIGHTS", "PSAL_STATS")
 
 _CSS = """
 <style>
@@ -121,10 +121,12 @@ class Explorer(W.VBox):
         device: str | None = None,
         session: Any = None,
         *,
+        weights: str | os.PathLike[str] | None = None,
+        stats: str | os.PathLike[str] | None = None,
         debounce: float = 0.15,
         raw_images: str | os.PathLike[str] | None = None,
     ) -> None:
-        if session is not None and any(v is not None for v in (model, image, label, data, device)):
+        if session is not None and any(v is not None for v in (model, image, label, data, device, weights, stats)):
             raise ValueError(
                 "pass either session=... or model/image/label/data/device, not both "
                 "(set the image or label on the session first)"
@@ -147,7 +149,8 @@ class Explorer(W.VBox):
             from ..session import Session  # the middle tier owns torch; widgets never import it
 
             def build() -> Session:
-                return Session(model=model, data=data, image=image, label=label, device=device)
+                return Session(model=model, data=data, image=image, label=label, device=device,
+                               weights=weights, stats=stats if stats is not None else "auto")
 
             # Built on the worker: all torch work then runs on that one thread (see worker.py).
             try:
@@ -182,6 +185,9 @@ class Explorer(W.VBox):
         self.status.info(f"analyzing {session.image_name}: computing the input map…")
         self.maps_panel.request_map(delay=0.0)
         self.maps_panel.request_cam(delay=0.0)
+        # Instant maps: after the first map, idle time builds the basis of the likely filters.
+        self.changed.connect(self._restart_basis, "instant-map basis")
+        self._restart_basis(StateEvent(ALL_STATE))
         if self.image_panel.browser is not None:
             self.image_panel.refresh_rows()
         if cell is not None:
@@ -245,13 +251,15 @@ class Explorer(W.VBox):
     # -- construction from the environment (the Voila dashboard) ---------------------------------
     @classmethod
     def from_env(cls, **overrides: Any) -> Explorer:
-        """An Explorer configured by PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE (unset or
-        empty: the defaults); keyword arguments override them."""
+        """An Explorer configured by PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS,
+        PSAL_STATS (unset or empty: the defaults); keyword arguments override them."""
         names = {
             "PSAL_MODEL": "model",
             "PSAL_IMAGE": "image",
             "PSAL_DATA": "data",
             "PSAL_DEVICE": "device",
+            "PSAL_WEIGHTS": "weights",
+            "PSAL_STATS": "stats",
         }
         kwargs: dict[str, Any] = {arg: (os.environ.get(var) or None) for var, arg in names.items()}
         kwargs.update(overrides)
@@ -356,6 +364,17 @@ class Explorer(W.VBox):
             self.status.success(f"{s.image_name}: studying {s.label_name}")
 
         self.worker.run(job, what=what)
+
+    def _restart_basis(self, event: StateEvent) -> None:
+        """A new analysis (image, label, mask) gets a new basis; the old work stops between steps."""
+        step = getattr(self.session, "basis_step", None)
+        if step is None or not event.touches("profile", "image", "label"):
+            return
+        self.worker.background(lambda: step(2), what="instant-map basis")
+
+    def wait_background(self, timeout: float = 300) -> None:
+        """Block until the queue is empty and the instant-map basis is built (tests, benchmarks)."""
+        self.worker.wait_background(timeout)
 
     def refresh(self) -> None:
         """Redraw every view from the Session (call on the worker thread)."""

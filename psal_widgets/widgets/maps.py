@@ -93,7 +93,7 @@ class MapsPanel:
         )
         self.target = class_picker(
             s.labels.names,
-            placeholder="predicted class",
+            placeholder="the label under study",
             description="class",
             width=f"{DISPLAY_WIDTH}px",
         )
@@ -142,9 +142,10 @@ class MapsPanel:
         """Recompute the input map for the session's current F (debounced, latest wins)."""
         s = self.host.session
 
-        def compute() -> tuple[bytes, list[int], float, float]:
+        def compute() -> tuple[bytes, list[int], float, float, str | None, str]:
             filters = s.filters
-            return png_bytes(s.input_overlay(filters)), filters, s.boost, s.percentile
+            png = png_bytes(s.input_overlay(filters))
+            return png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode
 
         self.host.worker.latest(
             "map",
@@ -155,7 +156,7 @@ class MapsPanel:
         )
 
     def _cam_target(self) -> int | str | None:
-        """The class the CAM explains: the class box, or None (the Session's default)."""
+        """The class the CAM explains: the class box, or None (the label under study)."""
         return parse_label(str(self.target.value or ""))
 
     def request_cam(self, *, delay: float | None = None) -> None:
@@ -165,13 +166,12 @@ class MapsPanel:
         layer = self.layer.value or None
 
         def compute() -> tuple[bytes, str]:
-            heat = s.cam(method=method, target=target, layer=layer)
-            if target is None:
-                top = s.prediction(1)[0]
-                cls = f"{label_option(top['index'], top['name'])}, the predicted class"
-            else:
-                i = s.labels.resolve(target)
-                cls = label_option(i, s.labels.name(i))
+            # The view is the Session's, so that Export writes exactly this CAM.
+            s.set_cam_view(method=method, target=None if target is None else s.labels.resolve(target), layer=layer)
+            heat = s.cam()
+            t = s.cam_target()
+            why = "the label under study" if t["source"] == "label" else "the chosen class"
+            cls = f"{label_option(t['index'], t['name'])}, {why}"
             return png_bytes(overlay(s.image, heat)), f"{method} for {cls}"
 
         self.host.worker.latest(
@@ -209,8 +209,8 @@ class MapsPanel:
             high=f"&ge; {UPPER_PERCENTILE}th",
         )
 
-    def _show_map(self, result: tuple[bytes, list[int], float, float]) -> None:
-        png, filters, boost, percentile = result
+    def _show_map(self, result: tuple[bytes, list[int], float, float, str | None, str]) -> None:
+        png, filters, boost, percentile, note, mode = result
         self.map.value = png
         self._show_map_colorbar(percentile)
         self.map_caption.value = (
@@ -221,9 +221,14 @@ class MapsPanel:
         self.map_version += 1
         self.host.status.set_ready()
         s = self.host.session
-        self.host.status.settle(
-            f"{s.image_name}: studying '{s.label_name}', {len(filters)} filters in F"
-        )
+        if mode == "custom":
+            how = "custom F (kept when the label or the masks change; top-k resets it)"
+        else:
+            how = "F = the top-k filters (follows the image, the label and the masks)"
+        text = f"{s.image_name}: studying '{s.label_name}', {len(filters)} filters in F, {how}"
+        if note:
+            text += f". Map is all zero: {note}"
+        self.host.status.settle(text)
 
     def _show_cam(self, result: tuple[bytes, str]) -> None:
         png, caption = result

@@ -16,6 +16,11 @@ Two kinds of job:
   and *latest wins*: when a request finishes while a newer one with the same key was made,
   its result is dropped, so a stale map never replaces a newer one.
 
+- ``background(step)``: idle-time work (building the instant-map basis). ``step()`` runs only
+  when no other job is queued, one call at a time, until it returns False; a new
+  ``background`` call replaces (cancels) the previous one between two steps. Clicks therefore
+  wait at most one step. ``wait_idle`` does not wait for it (``wait_background`` does).
+
 ``then(result)`` is called on the worker thread right after ``fn`` returns (ipywidgets trait
 updates are sent from any thread). Exceptions of ``fn`` or ``then`` go to ``on_error``.
 """
@@ -41,6 +46,7 @@ class _Job:
     generation: int = 0
     due: float = 0.0
     done: threading.Event = field(default_factory=threading.Event)
+    background: int = 0  # the background generation this step belongs to; 0: a normal job
 
 
 class Worker:
@@ -73,6 +79,9 @@ class Worker:
         self._busy = False
         self._closed = False
         self.dropped = 0  # results discarded because a newer request of the same key existed
+        self._bg: tuple[Callable[[], bool], str] | None = None
+        self._bg_generation = 0
+        self._bg_running = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -144,6 +153,37 @@ class Worker:
             self._cond.notify_all()
         return job.done
 
+    def background(self, step: Callable[[], bool] | None, *, what: str = "background work") -> None:
+        """Run ``step()`` in idle time until it returns False; replaces earlier background work.
+
+        ``None`` cancels. Errors go to ``on_error`` and end that background work.
+        """
+        with self._cond:
+            self._check_open()
+            self._bg_generation += 1
+            self._bg = None if step is None else (step, what)
+            self._cond.notify_all()
+
+    @property
+    def background_pending(self) -> bool:
+        with self._cond:
+            return self._bg is not None or self._bg_running
+
+    def wait_background(self, timeout: float | None = 120.0) -> None:
+        """Block until the queue is empty AND the background work has finished (tests, benchmarks).
+
+        Raises
+        ------
+        TimeoutError
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._running or self._bg is not None or self._bg_running:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"background work still running after {timeout} s")
+                self._cond.wait(left if left is not None else 1.0)
+
     def is_current(self, key: str, generation: int) -> bool:
         """Whether ``generation`` is still the newest request made for ``key``."""
         with self._cond:
@@ -206,6 +246,10 @@ class Worker:
                 self._cond.notify_all()  # wake wait_idle
                 if self._closed:
                     return None
+                if self._bg is not None:
+                    step, what = self._bg
+                    self._bg_running = True
+                    return _Job(fn=step, then=None, what=what, background=self._bg_generation)
                 self._cond.wait()
 
     def _set_busy(self, busy: bool) -> None:
@@ -232,6 +276,9 @@ class Worker:
             job = self._next_job()
             if job is None:
                 return
+            if job.background:
+                self._run_background(job)
+                continue
             try:
                 if not self._busy:
                     with self._cond:
@@ -253,3 +300,17 @@ class Worker:
                     self._running = False
                     job.done.set()
                     self._cond.notify_all()
+
+    def _run_background(self, job: _Job) -> None:
+        """One step of background work; its end (False or an error) clears it unless replaced."""
+        more = False
+        try:
+            more = bool(job.fn())
+        except Exception as exc:
+            self._report(exc, job.what)
+        finally:
+            with self._cond:
+                self._bg_running = False
+                if not more and self._bg_generation == job.background:
+                    self._bg = None
+                self._cond.notify_all()
