@@ -7,7 +7,7 @@ from .basis import SaliencyBasis
 from .cam import cam_map, conv_layer_names, default_cam_layer
 from .device import pick_device
 from .filters import ConvLayer, FilterIndex
-from .interventions import FilterPruner, find_conv_batchnorms, pruned_parameters, select_filters
+from .interventions import FilterPruner, find_conv_batchnorms, find_conv_norms, pruned_parameters, select_filters
 from .layout import sorted_profile
 from .neighbours import cosine_neighbours, layer_columns, standardize_bank
 from .profiles import ProfileBatch, filter_profiles, per_filter, standardize
@@ -31,6 +31,7 @@ __all__ = [
     "default_cam_layer",
     "filter_profiles",
     "find_conv_batchnorms",
+    "find_conv_norms",
     "layer_columns",
     "per_filter",
     "pick_device",
