@@ -232,13 +232,17 @@ class ProfileIndex:
         except (OSError, ValueError) as err:
             raise IndexError_(f"cannot read {meta_path}: {err}") from err
         if meta.get("format") != INDEX_FORMAT:
-            raise IndexError_(f"{folder} is not a profile index of format {INDEX_FORMAT} (found {meta.get('format')!r})")
+            raise IndexError_(
+                f"{folder} is not a profile index of format {INDEX_FORMAT} (found {meta.get('format')!r})"
+            )
         n = int(meta["n"])
         recorded = meta.get("files", {})
         for name, info in recorded.items():
             p = folder / name
             if not p.is_file():
-                raise IndexError_(f"the index at {folder} is incomplete: {name} is missing; rebuild it with `psal index`")
+                raise IndexError_(
+                    f"the index at {folder} is incomplete: {name} is missing; rebuild it with `psal index`"
+                )
             if p.stat().st_size != int(info["bytes"]):
                 raise IndexError_(
                     f"the index at {folder} is damaged: {name} has {p.stat().st_size} bytes, "
@@ -384,7 +388,9 @@ class ProfileIndex:
         m = self.meta
         fix = "build one for this model with `psal index --data DATA --model ... [--weights ...]`"
         if m.get("model") != model.name:
-            raise IndexError_(f"the index at {self.path} was built for model {m.get('model')!r}, not {model.name!r}; {fix}")
+            raise IndexError_(
+                f"the index at {self.path} was built for model {m.get('model')!r}, not {model.name!r}; {fix}"
+            )
         if m.get("weights_id") != model.weights_id:
             raise IndexError_(
                 f"the index at {self.path} was built with other weights ({m.get('weights_id')}) than this "

@@ -8,7 +8,7 @@ from psal_widgets.experiments import run_experiment
 from psal_widgets.kernels.neighbours import all_neighbours, cosine_neighbours
 
 from .conftest import VAL800, needs_data
-from .tinydata import tiny_setup
+from .tinydata import tiny_setup, val800_subset
 
 
 def test_all_neighbours_equals_single_queries():
@@ -76,12 +76,9 @@ def test_fractions_match_a_plain_loop(tiny_run):
 @pytest.mark.data
 @needs_data()
 def test_real_mistakes_have_mistaken_neighbours(default_explainer, tmp_path):
-    from psal_widgets.data import open_dataset
-
-    model = default_explainer.model
-    ds = open_dataset(VAL800 / "labels.csv", labels=model.labels, preprocess=model.preprocess, limit=32)
+    ds, index_dir = val800_subset(default_explainer, 32)
     result = run_experiment("neighbors", data=VAL800 / "labels.csv", explainer=default_explainer, dataset=ds,
-                            out=tmp_path / "out", index=str(tmp_path / "idx"), progress=False, n_neighbors=5)
+                            out=tmp_path / "out", index=str(index_dir), progress=False, n_neighbors=5)
     assert result["n_incorrect"] >= 2
     # A.2: a mistake's neighbours are correct less often than a correct image's neighbours.
     assert result["nn_correct_frac_for_incorrect"] < result["nn_correct_frac_for_correct"]

@@ -9,7 +9,7 @@ import pytest
 from psal_widgets.experiments import run_experiment
 
 from .conftest import VAL800, needs_data
-from .tinydata import tiny_setup
+from .tinydata import tiny_setup, val800_subset
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,9 @@ def test_files_written(tiny_run):
 @pytest.mark.data
 @needs_data()
 def test_real_mistakes_are_more_salient(default_explainer, tmp_path):
-    from psal_widgets.data import open_dataset
-
-    model = default_explainer.model
-    ds = open_dataset(VAL800 / "labels.csv", labels=model.labels, preprocess=model.preprocess, limit=32)
+    ds, index_dir = val800_subset(default_explainer, 32)
     result = run_experiment("profiles", data=VAL800 / "labels.csv", explainer=default_explainer, dataset=ds,
-                            out=tmp_path / "out", index=str(tmp_path / "idx"), progress=False)
+                            out=tmp_path / "out", index=str(index_dir), progress=False)
     assert result["n_correct"] + result["n_incorrect"] == 32 and result["n_incorrect"] >= 2
     # The paper's Fig. 2 claim, large enough to show on a few dozen images (GUIDE: +0.83 vs -0.19).
     assert result["mean_saliency_incorrect"] > result["mean_saliency_correct"]

@@ -8,7 +8,7 @@ import torch
 from psal_widgets.experiments import run_experiment
 
 from .conftest import VAL800, needs_data
-from .tinydata import tiny_setup
+from .tinydata import tiny_setup, val800_subset
 
 KEYS = ("incorrect_conf_change", "true_conf_change", "corrected_pct")
 
@@ -120,12 +120,9 @@ def test_files_written(tiny):
 @pytest.mark.data
 @needs_data()
 def test_real_mistakes_salient_beats_least_salient(default_explainer, tmp_path):
-    from psal_widgets.data import open_dataset
-
-    model = default_explainer.model
-    ds = open_dataset(VAL800 / "labels.csv", labels=model.labels, preprocess=model.preprocess, limit=32)
+    ds, index_dir = val800_subset(default_explainer, 32)
     result = run_experiment("pruning", data=VAL800 / "labels.csv", explainer=default_explainer, dataset=ds,
-                            out=tmp_path / "out", index=str(tmp_path / "idx"), progress=False, k="0,10,50")
+                            out=tmp_path / "out", index=str(index_dir), progress=False, k="0,10,50")
     _check_shapes(result, [0, 10, 50])
     assert result["n_studied"] >= 3
     assert result["prediction_mismatches"] == 0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import psal_widgets.index as index_module
 from psal_widgets.index import IndexError_, ProfileIndex, build_index, index_for
 
+from .conftest import VAL800, needs_data
 from .tinydata import tiny_model, tiny_setup
 
 DATA_FILES = ("profiles.npy", "features.npy", "table.csv")
@@ -191,7 +192,8 @@ def test_index_for_aligns_a_larger_index_and_uses_the_cache(setup, tmp_path, mon
     assert aligned.files == sub.relative_files()
     np.testing.assert_array_equal(aligned.raw, idx.raw[[7, 2, 4]])
     np.testing.assert_array_equal(aligned.features, idx.features[[7, 2, 4]])
-    np.testing.assert_array_equal(aligned.standardized(explainer.stats), idx.standardized(explainer.stats, rows=[7, 2, 4]))
+    expected = idx.standardized(explainer.stats, rows=[7, 2, 4])
+    np.testing.assert_array_equal(aligned.standardized(explainer.stats), expected)
     np.testing.assert_array_equal(aligned.loss, idx.loss[[7, 2, 4]])
     # Computing the index never touched the statistics.
     assert {p.name: p.read_bytes() for p in (tmp_path / "stats").iterdir()} == stats_before
@@ -208,3 +210,42 @@ def test_damaged_index_is_refused(setup, tmp_path):
     table.write_text("".join(lines[:-1]) + lines[-2])  # same size class of damage: content differs
     with pytest.raises(IndexError_):
         ProfileIndex.open(tmp_path / "idx", verify=True)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_refuses_a_file_as_out_before_loading_the_model(tmp_path, capsys):
+    from psal_widgets.cli import main
+
+    target = tmp_path / "taken"
+    target.write_text("x")
+    assert main(["index", "--data", str(tmp_path), "--out", str(target)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_cli_parses_the_experiment_options():
+    from psal_widgets.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "pruning", "--data", "d.csv", "--k", "1,5", "--perturb", "0.001",
+                                      "--recipe", "paper-literal", "--images", "correct"])
+    assert (args.k, args.perturb, args.recipe, args.images) == ("1,5", 0.001, "paper-literal", "correct")
+    args = build_parser().parse_args(["experiment", "neighbors", "--data", "d.csv", "--n-neighbors", "7"])
+    assert args.n_neighbors == 7
+    args = build_parser().parse_args(["index", "--data", "d.csv", "--limit", "5", "--batch-size", "4", "--force"])
+    assert (args.limit, args.batch_size, args.force) == (5, 4, True)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_cli_index_on_real_images_then_up_to_date(tmp_path, capsys):
+    from psal_widgets.cli import main
+
+    out = tmp_path / "idx"
+    args = ["index", "--data", str(VAL800 / "labels.csv"), "--limit", "4", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 accuracy" in printed and "wrote" in printed
+    idx = ProfileIndex.open(out, verify=True)
+    assert len(idx) == 4 and idx.n_filters == 21008 and idx.features.shape == (4, 1280)
+    assert main(args) == 0
+    assert "already complete" in capsys.readouterr().out

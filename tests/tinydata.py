@@ -58,3 +58,28 @@ def tiny_setup(folder: Path, n: int = 10, *, seed: int = 0):
     stats, _ = compute_stats(model, ds, batch_size=4, progress=False)
     save_stats(folder / "stats", stats)
     return Explainer(model, stats=folder / "stats"), ds, csv_path
+
+
+_VAL_INDEX: dict[int, tuple[object, object]] = {}
+
+
+def val800_subset(explainer, limit: int = 32):
+    """(dataset, index folder) of ``limit`` evenly spaced shared validation images for the default
+    model; the index is built once per test process in a temporary folder removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from psal_widgets.data import open_dataset
+    from psal_widgets.index import build_index
+
+    from .conftest import VAL800
+
+    if limit not in _VAL_INDEX:
+        model = explainer.model
+        ds = open_dataset(VAL800 / "labels.csv", labels=model.labels, preprocess=model.preprocess, limit=limit)
+        folder = Path(tempfile.mkdtemp(prefix="psal-val-index-"))
+        atexit.register(shutil.rmtree, folder, True)
+        build_index(model, ds, folder / "idx", batch_size=8, progress=False)
+        _VAL_INDEX[limit] = (ds, folder / "idx")
+    return _VAL_INDEX[limit]

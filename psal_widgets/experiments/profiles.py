@@ -93,7 +93,8 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         ylabel="mean |dL/dθ| per filter", n_layers=len(findex.layers),
         title=f"Fig. 1: raw saliency profile ({ctx.explainer.model.name})"))
     ctx.writer.png("fig2_standardized_profiles.png", _fig_profiles(
-        [(layouts[True], f"correct (n={n_correct})", "#2ca02c"), (layouts[False], f"incorrect (n={n_incorrect})", "#d62728")],
+        [(layouts[True], f"correct (n={n_correct})", "#2ca02c"),
+         (layouts[False], f"incorrect (n={n_incorrect})", "#d62728")],
         ylabel="mean standardized saliency", n_layers=len(findex.layers), shared=True,
         title="Fig. 2: standardized profiles, correct vs incorrect"))
     ctx.writer.png("fig2_by_depth.png", _fig_depth(overall, by_depth))
@@ -129,7 +130,8 @@ def _difference_ci(a: np.ndarray, b: np.ndarray, *, rng: np.random.Generator,
     if a.size == 0 or b.size == 0:
         return (float("nan"),) * 3
     diff = float(a.mean() - b.mean())
-    boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1) - b[rng.integers(0, b.size, (n_boot, b.size))].mean(axis=1)
+    boots_a = a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
+    boots = boots_a - b[rng.integers(0, b.size, (n_boot, b.size))].mean(axis=1)
     low, high = np.quantile(boots, [0.025, 0.975])
     return diff, min(float(low), diff), max(float(high), diff)
 
@@ -161,7 +163,8 @@ def _fig_depth(overall: dict[str, Any], by_depth: dict[str, dict[str, Any]]) -> 
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     x = np.arange(len(groups))
-    for shift, key, label, color in ((-0.18, "correct", "correct", "#2ca02c"), (0.18, "incorrect", "incorrect", "#d62728")):
+    bars = ((-0.18, "correct", "correct", "#2ca02c"), (0.18, "incorrect", "incorrect", "#d62728"))
+    for shift, key, label, color in bars:
         means = np.array([g[f"mean_saliency_{key}"] for g in groups.values()])
         ci = np.array([g[f"mean_saliency_{key}_ci"] for g in groups.values()], dtype=float)
         err = np.abs(np.stack([means - ci[:, 0], ci[:, 1] - means]))
@@ -188,7 +191,8 @@ def _html(raw_layout: Any, layouts: dict[bool, Any], n_correct: int, n_incorrect
         text = [f"{names[layer]}[{fid - findex.layers[layer].offset}] (filter {fid})"
                 for layer, fid in zip(layout.layer, layout.filter_id)]
         return go.Scattergl(x=layout.x, y=layout.y, mode="markers", name=name, text=text,
-                            marker={"size": 3, "color": color}, hovertemplate="%{text}<br>%{y:.4g}<extra>" + name + "</extra>")
+                            marker={"size": 3, "color": color},
+                            hovertemplate="%{text}<br>%{y:.4g}<extra>" + name + "</extra>")
 
     fig.add_trace(trace(raw_layout, "raw (all images)", "#1f77b4"), row=1, col=1)
     fig.add_trace(trace(layouts[True], f"correct (n={n_correct})", "#2ca02c"), row=2, col=1)

@@ -525,7 +525,9 @@ class FilterPruner:
                     )
         return torch.cat(outs) if outs else torch.empty(0)
 
-    def noise(self, filter_ids: Sequence[int] | np.ndarray, *, sigma: float, seed: int | Sequence[int]) -> dict[str, Tensor]:
+    def noise(
+        self, filter_ids: Sequence[int] | np.ndarray, *, sigma: float, seed: int | Sequence[int]
+    ) -> dict[str, Tensor]:
         """Gaussian noise ``N(0, sigma²)`` for the conv weights of the layers of ``filter_ids``.
 
         Drawn in NumPy from ``default_rng(seed)`` layer by layer in index order (every layer of
