@@ -402,8 +402,15 @@ class ProfileIndex:
         if m.get("preprocess") != _json(model.preprocess.to_dict()):
             raise IndexError_(f"the index at {self.path} was built with other preprocessing than this model's; {fix}")
 
-    def aligned(self, dataset: LabeledImages) -> ProfileIndex:
+    def aligned(self, dataset: LabeledImages, *, same_root: bool = False) -> ProfileIndex:
         """This index with row ``i`` = item ``i`` of ``dataset`` (itself when it already is).
+
+        Parameters
+        ----------
+        dataset : LabeledImages
+        same_root : bool
+            Also require that the index was built from the same dataset folder (files are matched
+            by their path relative to it; an index given explicitly may come from a moved copy).
 
         Raises
         ------
@@ -411,7 +418,7 @@ class ProfileIndex:
             A file of the dataset is missing, or has another label in the index.
         """
         files = dataset.relative_files()
-        if self.meta.get("root_hash") not in (None, _root_hash(dataset.root)):
+        if same_root and self.meta.get("root_hash") != _root_hash(dataset.root):
             raise IndexError_(f"the index at {self.path} was built for images in another folder than "
                               f"{dataset.description}; build an index for this data with `psal index --data DATA`")
         rows = self.rows_for(files)
@@ -752,7 +759,8 @@ def index_for(
             try:
                 idx = ProfileIndex.open(candidate)
                 idx.check_model(model)
-                return idx.aligned(dataset)
+                # Same folder required: two datasets can share relative names and labels.
+                return idx.aligned(dataset, same_root=True)
             except IndexError_:
                 continue
     return build_index(model, dataset, default_index_dir(model, dataset), batch_size=batch_size,

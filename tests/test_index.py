@@ -249,3 +249,21 @@ def test_cli_index_on_real_images_then_up_to_date(tmp_path, capsys):
     assert len(idx) == 4 and idx.n_filters == 21008 and idx.features.shape == (4, 1280)
     assert main(args) == 0
     assert "already complete" in capsys.readouterr().out
+
+
+def test_the_cache_never_mixes_two_folders_with_the_same_file_names(setup, tmp_path, monkeypatch):
+    from psal_widgets.data import open_dataset
+
+    from .tinydata import make_dataset_csv
+
+    explainer, ds, _ = setup
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = index_for(explainer, ds, progress=False)
+    other_csv = make_dataset_csv(tmp_path / "other", 10, seed=5)  # same names and labels, other pictures
+    other = open_dataset(other_csv, labels=explainer.model.labels, preprocess=explainer.model.preprocess)
+    assert other.relative_files() == ds.relative_files() and other.labels == ds.labels
+    second = index_for(explainer, other, progress=False)
+    assert second.path != first.path
+    assert not np.array_equal(second.raw, first.raw)
+    # An index named explicitly may come from a moved copy of the data: matched by relative names.
+    assert index_for(explainer, other, path=first.path, progress=False).path == first.path
