@@ -117,7 +117,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         "by_depth": by_depth,
         "depths": list(DEPTHS),
         "mean_raw_by_layer": [float(mean_raw[la.offset : la.offset + la.n_filters].mean()) for la in findex.layers],
-        "index": str(idx.path),
+        "index": {k: idx.meta.get(k) for k in ("dataset", "n", "created", "package_version")},
         "summary": summary,
     }
 

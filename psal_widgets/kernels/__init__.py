@@ -6,16 +6,18 @@ CAM adapter, the sorted layout of a profile, turning filters off and neighbour s
 from .basis import SaliencyBasis
 from .cam import cam_map, conv_layer_names, default_cam_layer
 from .device import pick_device
+from .features import FeatureTap, find_classifier
 from .filters import ConvLayer, FilterIndex
 from .interventions import FilterPruner, find_conv_batchnorms, find_conv_norms, pruned_parameters, select_filters
 from .layout import sorted_profile
-from .neighbours import cosine_neighbours, layer_columns, standardize_bank
+from .neighbours import all_neighbours, cosine_neighbours, layer_columns, standardize_bank
 from .profiles import ProfileBatch, filter_profiles, per_filter, standardize
 from .saliency import InputSaliency, boosted_target, cosine_distance
 from .stats import FilterStats, RunningMoments
 
 __all__ = [
     "ConvLayer",
+    "FeatureTap",
     "FilterIndex",
     "FilterPruner",
     "FilterStats",
@@ -23,6 +25,7 @@ __all__ = [
     "ProfileBatch",
     "RunningMoments",
     "SaliencyBasis",
+    "all_neighbours",
     "boosted_target",
     "cam_map",
     "conv_layer_names",
@@ -30,6 +33,7 @@ __all__ = [
     "cosine_neighbours",
     "default_cam_layer",
     "filter_profiles",
+    "find_classifier",
     "find_conv_batchnorms",
     "find_conv_norms",
     "layer_columns",
