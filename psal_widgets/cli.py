@@ -157,6 +157,51 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- psal index --------------------------------------------------------------------------
+def cmd_index(args: argparse.Namespace) -> int:
+    from .data import open_dataset
+    from .index import build_index, default_index_dir
+    from .kernels.filters import FilterIndex
+    from .models import load_model
+    from .store import StatsError, default_stats_dir, load_stats
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a file, not a folder")
+    model = load_model(args.model, weights=args.weights, device=args.device)
+    dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
+    # Statistics are only read, for the summary line: the index itself never depends on them.
+    stats = None
+    stats_dir = args.stats or default_stats_dir(model.name)
+    if stats_dir is not None:
+        try:
+            stats = load_stats(stats_dir, index=FilterIndex(model.module), weights_id=model.weights_id)
+        except StatsError:
+            if args.stats:
+                raise
+    out = Path(args.out) if args.out else default_index_dir(model, dataset)
+    idx = build_index(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
+                      overwrite=args.force)
+    info = idx.build_info
+    n = len(idx)
+    if info["status"] == "up to date":
+        print(f"{out}: already complete for these {n} images ({model.name}); --force rebuilds it")
+    else:
+        resumed = f", resumed at row {info['resumed_from']}" if info["resumed_from"] else ""
+        secs = info["seconds"]
+        print(f"{model.name}: {n} images from {dataset.description}{resumed}")
+        print(f"{secs:.1f} s ({secs / max(1, info['rows_computed']):.3f} s/image) on {model.device}")
+    print(f"top-1 accuracy {float(idx.correct.mean()):.1%} ({int((~idx.correct).sum())} mistakes)")
+    if stats is not None and idx.correct.any() and (~idx.correct).any():
+        z = idx.standardized(stats).mean(axis=1)
+        print(f"mean standardized saliency: incorrect {z[~idx.correct].mean():+.2f}, correct "
+              f"{z[idx.correct].mean():+.2f} (statistics: {stats.meta.get('dataset', stats_dir)})")
+    feats = f", features.npy [{n}, {idx.features.shape[1]}]" if idx.features is not None else ""
+    print(f"wrote {out}/: profiles.npy [{n}, {idx.n_filters}] float16{feats}, table.csv, meta.json")
+    return 0
+
+
 # -- psal import-legacy ------------------------------------------------------------------
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     from .kernels.filters import FilterIndex
@@ -282,6 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", action="store_true",
                    help="also keep every image's profile (profiles.safetensors, float16) for neighbour search")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("index", help="per-image raw profiles, predictions and features of a dataset (for experiments)")
+    p.add_argument("--data", required=True, help="ImageFolder tree, CSV (file,label) or flat ILSVRC2012 val folder")
+    model_opts(p)
+    p.add_argument("--stats", default=None,
+                   help="statistics for the summary line only (default: the model's own); the index never uses them")
+    p.add_argument("--out", default=None, help="index folder (default: the user cache, where experiments look)")
+    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this index")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("import-legacy", help="convert the original code's *_filter_wise.pth statistics")
     p.add_argument("file")

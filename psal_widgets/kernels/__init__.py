@@ -7,11 +7,12 @@ helper for ``requires_grad`` (``grad_mode``) and one standardization formula (``
 from .basis import SaliencyBasis
 from .cam import cam_map, conv_layer_names, default_cam_layer
 from .device import pick_device
+from .features import FeatureTap, find_classifier
 from .filters import ConvLayer, FilterIndex
 from .grad_mode import requires_grad
-from .interventions import FilterPruner, find_conv_batchnorms, pruned_parameters, select_filters
+from .interventions import FilterPruner, find_conv_batchnorms, find_conv_norms, pruned_parameters, select_filters
 from .layout import sorted_profile
-from .neighbours import cosine_neighbours, layer_columns, standardize_bank
+from .neighbours import all_neighbours, cosine_neighbours, layer_columns, standardize_bank
 from .profiles import ProfileBatch, filter_profiles, per_filter, standardize
 from .saliency import InputSaliency, boosted_target, cosine_distance
 from .standardize import profile_mode, safe_std, zscore
@@ -19,6 +20,7 @@ from .stats import FilterStats, RunningMoments
 
 __all__ = [
     "ConvLayer",
+    "FeatureTap",
     "FilterIndex",
     "FilterPruner",
     "FilterStats",
@@ -26,6 +28,7 @@ __all__ = [
     "ProfileBatch",
     "RunningMoments",
     "SaliencyBasis",
+    "all_neighbours",
     "boosted_target",
     "cam_map",
     "conv_layer_names",
@@ -33,7 +36,9 @@ __all__ = [
     "cosine_neighbours",
     "default_cam_layer",
     "filter_profiles",
+    "find_classifier",
     "find_conv_batchnorms",
+    "find_conv_norms",
     "layer_columns",
     "per_filter",
     "pick_device",

@@ -15,7 +15,7 @@ import numpy as np
 from .filters import FilterIndex
 from .standardize import zscore
 
-__all__ = ["cosine_neighbours", "cosine_similarities", "layer_columns", "standardize_bank"]
+__all__ = ["all_neighbours", "cosine_neighbours", "cosine_similarities", "layer_columns", "standardize_bank"]
 
 
 def standardize_bank(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -144,3 +144,54 @@ def cosine_neighbours(
     rows = np.flatnonzero(keep)
     order = rows[np.argsort(-sims[rows], kind="stable")[: int(k)]]
     return order.astype(np.int64), sims[order]
+
+
+def all_neighbours(
+    bank: np.ndarray,
+    *,
+    k: int = 10,
+    columns: slice | None = None,
+    block: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` cosine nearest neighbours of every row of a bank among the other rows.
+
+    Exact: the rows are L2-normalized once (float32) and compared block by block with one
+    matrix product per ``block`` query rows, so memory is ``block × N`` similarities plus the
+    normalized bank.
+
+    Parameters
+    ----------
+    bank : np.ndarray, shape [N, F]
+    k : int
+        At most N - 1.
+    columns : slice, optional
+        Compare only these filters (see :func:`layer_columns`).
+    block : int
+
+    Returns
+    -------
+    (np.ndarray of int64 [N, k], np.ndarray of float32 [N, k])
+        Neighbour rows and similarities, most similar first (ties: lower row first); a row never
+        lists itself. Rows of norm 0 have similarity 0 to everything.
+    """
+    b = np.asarray(bank)
+    if b.ndim != 2:
+        raise ValueError(f"bank must be [N, F]; got shape {b.shape}")
+    n = b.shape[0]
+    if isinstance(k, bool) or not 1 <= int(k) <= n - 1:
+        raise ValueError(f"k must lie in [1, {n - 1}] for {n} rows; got {k}")
+    k = int(k)
+    x = np.asarray(b[:, columns] if columns is not None else b, dtype=np.float32)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    unit = (x / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        s = unit[start:stop] @ unit.T
+        s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never the row itself
+        # Stable sort on the negated similarities: ties keep the lower row first.
+        part = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        idx[start:stop] = part
+        sims[start:stop] = np.take_along_axis(s, part, axis=1)
+    return idx, sims

@@ -1,0 +1,767 @@
+"""The profile index (``psal index``): every image's raw profile, prediction and features, on disk.
+
+An index folder holds
+
+- ``profiles.npy``: raw profiles (mean |∂L/∂θ| per filter, loss against the TRUE label),
+  float16 [N, F], memory-mappable (float16 quantizes at ≈ 2e-4·σ);
+- ``features.npy``: the input of the classifier's final linear layer, float16 [N, D] (absent
+  when the model has no linear classifier);
+- ``table.csv``: one row per image: ``file`` (relative to the dataset root), ``label``,
+  ``pred``, ``correct``, ``loss`` (cross-entropy against the label), ``top1..top5`` and
+  ``prob1..prob5`` (softmax), ``label_name``, ``pred_name``;
+- ``meta.json``: model, weights checksum, preprocessing, filter layout, n, dataset, created,
+  package version, and the size and sha256 of every file.
+
+It is computed WITHOUT statistics, so it can be built on held-out data and standardized later
+against any statistics of the same model (:meth:`ProfileIndex.standardized`).
+
+Reliability: the build writes into a hidden temporary folder next to the target
+(``.NAME.partial``) and renames it into place at the end, so a half-written index is never read
+as complete. Every ``checkpoint_every`` batches it flushes the arrays and records the rows done
+in ``progress.json`` (written atomically); the same command run again continues from there and
+finishes with files identical, byte for byte, to an uninterrupted run (each image's profile is
+computed on its own, so batch boundaries do not matter). A lock file stops two builds of the
+same folder from interleaving. Readers check that row counts and file sizes agree with the
+metadata (``verify=True`` also checks the sha256).
+
+>>> idx = ProfileIndex.open("psal_out/index")
+>>> z = idx.standardized(explainer.stats)            # float32 [N, F]
+>>> wrong = np.flatnonzero(~idx.correct)
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+# A module attribute on purpose: tests interrupt a build by replacing it.
+from .kernels.profiles import filter_profiles
+
+if TYPE_CHECKING:
+    from .data import LabeledImages
+    from .explainer import Explainer
+    from .kernels.stats import FilterStats
+    from .models import LoadedModel
+
+__all__ = ["INDEX_FORMAT", "IndexError_", "ProfileIndex", "build_index", "default_index_dir", "index_for"]
+
+INDEX_FORMAT = "psal-profile-index/1"
+PROFILES_FILE = "profiles.npy"
+FEATURES_FILE = "features.npy"
+TABLE_FILE = "table.csv"
+META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"
+# Working columns of a build in progress; turned into table.csv at the end.
+_COLUMNS = {"top5": (np.int64, 5), "top5_prob": (np.float32, 5), "loss": (np.float32, None)}
+_TABLE_FIELDS = ["file", "label", "pred", "correct", "loss", *(f"top{i}" for i in range(1, 6)),
+                 *(f"prob{i}" for i in range(1, 6)), "label_name", "pred_name"]
+
+
+class IndexError_(ValueError):
+    """A profile index is missing, damaged, or belongs to another model or dataset; the message
+    says the fix. (Named with a trailing underscore so it never shadows the builtin.)"""
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _short_hash(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for p in parts:
+        digest.update(p.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _files_hash(files: Sequence[str], labels: Sequence[int]) -> str:
+    return _short_hash(*(f"{f}\t{int(v)}" for f, v in zip(files, labels)))
+
+
+def _root_hash(root: Path) -> str:
+    # A hash, not the path: metadata carries no absolute path of this machine.
+    return _short_hash(str(Path(root).resolve()))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _safe_name(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+@contextlib.contextmanager
+def _lock(target: Path) -> Iterator[None]:
+    """An exclusive lock for building ``target``: a second build of it fails with a clear message."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the temporary folder still protects readers
+        yield
+        return
+    path = target.parent / f".{target.name}.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexError_(
+                f"another `psal index` is writing {target.name} right now (lock {path.name}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so that keys compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def _model_key(model: LoadedModel, layout_checksum: str) -> dict[str, Any]:
+    return _json({
+        "model": model.name,
+        "weights_id": model.weights_id,
+        "layout_checksum": layout_checksum,
+        "preprocess": model.preprocess.to_dict(),
+    })
+
+
+# -- the reader --------------------------------------------------------------------------------
+class ProfileIndex:
+    """A profile index on disk (see the module docstring), opened with :meth:`open`.
+
+    Attributes
+    ----------
+    path : Path
+    meta : dict
+    files : list of str, length N
+        Paths relative to the dataset root, ``/``-separated.
+    label, pred : np.ndarray of int64, shape [N]
+    top5 : np.ndarray of int64, shape [N, 5]
+    top5_prob : np.ndarray of float32, shape [N, 5]
+    correct : np.ndarray of bool, shape [N]
+    loss : np.ndarray of float32, shape [N]
+        Cross-entropy of the logits against ``label``.
+    raw : np.ndarray of float16, shape [N, F]
+        Raw profiles; a read-only memmap (an in-memory copy for a :meth:`subset`).
+    features : np.ndarray of float16, shape [N, D], or None
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        table: dict[str, np.ndarray],
+        files: list[str],
+        raw: np.ndarray,
+        features: np.ndarray | None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        self.path = path
+        self.meta = meta
+        self._raw_base = raw
+        self._features_base = features
+        #: Rows of the files on disk that this (sub)index shows; None: all, in order.
+        self.base_rows = rows
+        self.files = files
+        self.label = table["label"]
+        self.pred = table["pred"]
+        self.top5 = table["top5"]
+        self.top5_prob = table["top5_prob"]
+        self.correct = table["correct"]
+        self.loss = table["loss"]
+        #: Filled by :func:`build_index`: what the last build did (rows computed, resumed from...).
+        self.build_info: dict[str, Any] = {}
+
+    # construction ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = False) -> ProfileIndex:
+        """Open an index folder read-only.
+
+        Parameters
+        ----------
+        path : path
+        verify : bool
+            Also compare every file's sha256 with the metadata (reads every byte).
+
+        Raises
+        ------
+        IndexError_
+            Missing or unreadable files, or files whose row counts, shapes, sizes (or checksums)
+            disagree with each other or with ``meta.json``.
+        """
+        folder = Path(path)
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            partial = folder.parent / f".{folder.name}.partial"
+            hint = (" (an unfinished build is in progress or was interrupted: run the same "
+                    "`psal index` command again to finish it)") if partial.is_dir() else ""
+            raise IndexError_(f"no profile index at {folder}{hint}; build one with `psal index --data DATA --out DIR`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise IndexError_(f"cannot read {meta_path}: {err}") from err
+        if meta.get("format") != INDEX_FORMAT:
+            raise IndexError_(
+                f"{folder} is not a profile index of format {INDEX_FORMAT} (found {meta.get('format')!r})"
+            )
+        n = int(meta["n"])
+        recorded = meta.get("files", {})
+        for name, info in recorded.items():
+            p = folder / name
+            if not p.is_file():
+                raise IndexError_(
+                    f"the index at {folder} is incomplete: {name} is missing; rebuild it with `psal index`"
+                )
+            if p.stat().st_size != int(info["bytes"]):
+                raise IndexError_(
+                    f"the index at {folder} is damaged: {name} has {p.stat().st_size} bytes, "
+                    f"meta.json says {info['bytes']}; rebuild it with `psal index`"
+                )
+            if verify and _sha256(p) != info["sha256"]:
+                raise IndexError_(f"the index at {folder} is damaged: {name} does not match its checksum")
+        try:
+            raw = np.load(folder / PROFILES_FILE, mmap_mode="r")
+            features = np.load(folder / FEATURES_FILE, mmap_mode="r") if FEATURES_FILE in recorded else None
+            files, table = _read_table(folder / TABLE_FILE)
+        except (OSError, ValueError, KeyError) as err:
+            raise IndexError_(f"cannot read the index at {folder}: {err}") from err
+        counts = {PROFILES_FILE: raw.shape[0], TABLE_FILE: len(files)}
+        if features is not None:
+            counts[FEATURES_FILE] = features.shape[0]
+        if any(c != n for c in counts.values()):
+            raise IndexError_(
+                f"the index at {folder} is inconsistent: meta.json says {n} images but "
+                + ", ".join(f"{k} has {v} rows" for k, v in counts.items())
+                + "; rebuild it with `psal index`"
+            )
+        if raw.ndim != 2 or raw.shape[1] != int(meta["n_filters"]):
+            raise IndexError_(f"the index at {folder} is inconsistent: profiles of shape {raw.shape} "
+                              f"for {meta['n_filters']} filters")
+        return cls(folder, meta, table, files, raw, features)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> ProfileIndex:
+        """A view of some rows, in the given order (the table is copied; profiles are read on
+        demand from the files on disk).
+
+        Parameters
+        ----------
+        rows : sequence of int, shape [n]
+            Rows of this index.
+        """
+        r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if r.size and (r.min() < 0 or r.max() >= len(self)):
+            raise IndexError_(f"rows must lie in [0, {len(self)})")
+        base = r if self.base_rows is None else self.base_rows[r]
+        table = {k: getattr(self, k)[r] for k in ("label", "pred", "top5", "top5_prob", "correct", "loss")}
+        out = ProfileIndex(self.path, self.meta, table, [self.files[i] for i in r], self._raw_base,
+                           self._features_base, base)
+        return out
+
+    # data --------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        return (f"ProfileIndex({len(self)} images, {self.n_filters} filters, model {self.meta.get('model')}, "
+                f"accuracy {float(self.correct.mean()) if len(self) else float('nan'):.1%})")
+
+    @property
+    def n_filters(self) -> int:
+        return int(self._raw_base.shape[1])
+
+    @cached_property
+    def raw(self) -> np.ndarray:
+        """Raw profiles, float16 [N, F]: the memmap itself, or a copy of the rows of a subset."""
+        if self.base_rows is None:
+            return self._raw_base
+        order = np.argsort(self.base_rows, kind="stable")  # sorted reads are sequential on a memmap
+        out = np.empty((self.base_rows.size, self.n_filters), dtype=self._raw_base.dtype)
+        out[order] = self._raw_base[self.base_rows[order]]
+        return out
+
+    @cached_property
+    def features(self) -> np.ndarray | None:
+        """Penultimate features, float16 [N, D], or None."""
+        if self._features_base is None or self.base_rows is None:
+            return self._features_base
+        return np.asarray(self._features_base[self.base_rows])
+
+    def _base(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self.base_rows is None else self.base_rows[rows]
+
+    def standardized(
+        self, stats: FilterStats, rows: Sequence[int] | np.ndarray | None = None, *, chunk: int = 256
+    ) -> np.ndarray:
+        """Standardized profiles ``(raw - μ) / σ`` (σ ≤ 1e-14 taken as 1), in float32.
+
+        Parameters
+        ----------
+        stats : FilterStats
+            Statistics of the same model (any dataset); never modified.
+        rows : sequence of int, shape [n], optional
+            Rows to return (default: all, in order).
+        chunk : int
+            Rows converted at a time: the float64 temporaries stay at ``chunk × F``.
+
+        Returns
+        -------
+        np.ndarray of float32, shape [n, F]
+        """
+        if stats.n_filters != self.n_filters:
+            raise IndexError_(
+                f"the statistics describe {stats.n_filters} filters but the index has {self.n_filters}: "
+                "they belong to another model"
+            )
+        r = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if r.size and (r.min() < 0 or r.max() >= len(self)):
+            raise IndexError_(f"rows must lie in [0, {len(self)})")
+        mean = stats.mean.double().numpy()
+        std = stats.safe_std().double().numpy()
+        out = np.empty((r.size, self.n_filters), dtype=np.float32)
+        base = self._base(r)
+        for start in range(0, r.size, chunk):
+            b = base[start : start + chunk]
+            order = np.argsort(b, kind="stable")  # sorted reads are sequential on a memmap
+            block = np.empty((b.size, self.n_filters), dtype=np.float64)
+            block[order] = self._raw_base[b[order]]
+            out[start : start + chunk] = (block - mean) / std
+        return out
+
+    def rows_for(self, files: Sequence[str]) -> np.ndarray:
+        """Row of each file (relative path as in :attr:`files`).
+
+        Returns
+        -------
+        np.ndarray of int64, shape [n]
+
+        Raises
+        ------
+        IndexError_
+            Some files are not in the index.
+        """
+        where = {f: i for i, f in enumerate(self.files)}
+        missing = [f for f in files if f not in where]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise IndexError_(
+                f"the index at {self.path} does not hold {len(missing)} of the {len(files)} files asked for "
+                f"({shown}); build an index for this data with `psal index --data DATA`"
+            )
+        return np.array([where[f] for f in files], dtype=np.int64)
+
+    def check_model(self, model: LoadedModel) -> None:
+        """Raise :class:`IndexError_` unless the index was built with this model, weights and
+        preprocessing."""
+        from .kernels.filters import FilterIndex
+
+        m = self.meta
+        fix = "build one for this model with `psal index --data DATA --model ... [--weights ...]`"
+        if m.get("model") != model.name:
+            raise IndexError_(
+                f"the index at {self.path} was built for model {m.get('model')!r}, not {model.name!r}; {fix}"
+            )
+        if m.get("weights_id") != model.weights_id:
+            raise IndexError_(
+                f"the index at {self.path} was built with other weights ({m.get('weights_id')}) than this "
+                f"model's ({model.weights_id}); {fix}"
+            )
+        layout = FilterIndex(model.module).checksum()
+        if m.get("layout", {}).get("checksum") != layout:
+            raise IndexError_(f"the index at {self.path} has another filter layout than {model.name}; {fix}")
+        if m.get("preprocess") != _json(model.preprocess.to_dict()):
+            raise IndexError_(f"the index at {self.path} was built with other preprocessing than this model's; {fix}")
+
+    def aligned(self, dataset: LabeledImages, *, same_root: bool = False) -> ProfileIndex:
+        """This index with row ``i`` = item ``i`` of ``dataset`` (itself when it already is).
+
+        Parameters
+        ----------
+        dataset : LabeledImages
+        same_root : bool
+            Also require that the index was built from the same dataset folder (files are matched
+            by their path relative to it; an index given explicitly may come from a moved copy).
+
+        Raises
+        ------
+        IndexError_
+            A file of the dataset is missing, or has another label in the index.
+        """
+        files = dataset.relative_files()
+        if same_root and self.meta.get("root_hash") != _root_hash(dataset.root):
+            raise IndexError_(f"the index at {self.path} was built for images in another folder than "
+                              f"{dataset.description}; build an index for this data with `psal index --data DATA`")
+        rows = self.rows_for(files)
+        labels = np.asarray(dataset.labels, dtype=np.int64)
+        bad = np.flatnonzero(self.label[rows] != labels)
+        if bad.size:
+            i = int(bad[0])
+            raise IndexError_(
+                f"the index at {self.path} has other labels for {bad.size} of the dataset's files (e.g. "
+                f"{files[i]}: {int(self.label[rows[i]])} in the index, {int(labels[i])} in the data); rebuild it"
+            )
+        if rows.size == len(self) and np.array_equal(rows, np.arange(len(self))):
+            return self
+        return self.subset(rows)
+
+
+def _read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    if reader.fieldnames is None or not set(_TABLE_FIELDS[:15]) <= set(reader.fieldnames):
+        raise ValueError(f"{path.name} lacks the columns {', '.join(_TABLE_FIELDS[:15])}")
+    n = len(rows)
+    files = [r["file"] for r in rows]
+    table = {
+        "label": np.array([int(r["label"]) for r in rows], dtype=np.int64).reshape(n),
+        "pred": np.array([int(r["pred"]) for r in rows], dtype=np.int64).reshape(n),
+        "top5": np.array([[int(r[f"top{i}"]) for i in range(1, 6)] for r in rows], dtype=np.int64).reshape(n, 5),
+        "top5_prob": np.array([[float(r[f"prob{i}"]) for i in range(1, 6)] for r in rows],
+                              dtype=np.float32).reshape(n, 5),
+        "loss": np.array([float(r["loss"]) for r in rows], dtype=np.float32).reshape(n),
+    }
+    table["correct"] = table["pred"] == table["label"]
+    return files, table
+
+
+def _fmt(v: float) -> str:
+    # repr of the float32 value as a Python float: reads back to the same float32, bit for bit.
+    return repr(float(v))
+
+
+# -- the builder -------------------------------------------------------------------------------
+def build_index(
+    model: LoadedModel,
+    dataset: LabeledImages,
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    checkpoint_every: int = 4,
+    num_workers: int = 0,
+    overwrite: bool = False,
+) -> ProfileIndex:
+    """Compute the profile index of ``dataset`` into the folder ``out`` (resumable).
+
+    Parameters
+    ----------
+    model : LoadedModel
+        Used in eval mode; its parameters and any statistics are never modified.
+    dataset : LabeledImages
+        Its ``preprocess`` is replaced by the model's.
+    out : path
+        The index folder; built in ``.NAME.partial`` beside it and renamed into place.
+    batch_size : int
+        Images per step (the profile kernel's batch).
+    progress : bool
+        A tqdm bar (closed before anything else prints).
+    checkpoint_every : int
+        Batches between checkpoints (flushed arrays + ``progress.json``).
+    num_workers : int
+        DataLoader workers decoding images in parallel with the compute.
+    overwrite : bool
+        Rebuild even when ``out`` already holds a complete index of the same model and data.
+
+    Returns
+    -------
+    ProfileIndex
+        ``build_info`` says ``{"status": "built" | "resumed" | "up to date", "resumed_from",
+        "rows_computed", "seconds"}``.
+    """
+    from .kernels.filters import FilterIndex
+    from .store import layout_meta
+
+    if len(dataset) == 0:
+        raise IndexError_("the dataset is empty")
+    if batch_size < 1 or checkpoint_every < 1:
+        raise IndexError_(f"batch_size and checkpoint_every must be at least 1; got {batch_size}, {checkpoint_every}")
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise IndexError_(f"--out {target} is a file, not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds = replace(dataset, preprocess=model.preprocess)
+    files, labels = ds.relative_files(), [int(v) for v in ds.labels]
+    findex = FilterIndex(model.module)
+    key = {
+        "format": INDEX_FORMAT,
+        **_model_key(model, findex.checksum()),
+        "n": len(ds),
+        "files_hash": _files_hash(files, labels),
+        "root_hash": _root_hash(ds.root),
+    }
+    if not overwrite and (target / META_FILE).is_file():
+        with contextlib.suppress(IndexError_):
+            existing = ProfileIndex.open(target)
+            if all(existing.meta.get(k) == v for k, v in key.items()):
+                existing.build_info = {"status": "up to date", "resumed_from": len(ds), "rows_computed": 0,
+                                       "seconds": 0.0}
+                return existing
+    with _lock(target):
+        return _build_locked(model, ds, target, key, findex, layout_meta(findex), files, labels,
+                             batch_size=batch_size, progress=progress, checkpoint_every=checkpoint_every,
+                             num_workers=num_workers)
+
+
+def _build_locked(
+    model: LoadedModel,
+    ds: LabeledImages,
+    target: Path,
+    key: dict[str, Any],
+    findex: Any,
+    layout: dict[str, Any],
+    files: list[str],
+    labels: list[int],
+    *,
+    batch_size: int,
+    progress: bool,
+    checkpoint_every: int,
+    num_workers: int,
+) -> ProfileIndex:
+    import torch
+    import torch.nn.functional as F
+    from numpy.lib.format import open_memmap
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .kernels.features import FeatureTap, find_classifier
+
+    t0 = time.perf_counter()
+    n, n_filters = len(ds), findex.n_filters
+    tmp = target.parent / f".{target.name}.partial"
+    state = _read_progress(tmp, key)
+    if state is None:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # another model/data, or a build that never reached its first checkpoint
+        tmp.mkdir(parents=True)
+        first, _ = ds[0]
+        layer = find_classifier(model.module, first.to(model.device))
+        dim = None
+        if layer is not None:
+            tap = FeatureTap(model.module, layer)
+            with torch.no_grad(), tap.tap():
+                model.module(first.unsqueeze(0).to(model.device))
+            dim = int(tap.take().shape[1])
+        state = {"key": key, "rows_done": 0, "feature_layer": layer, "feature_dim": dim}
+        open_memmap(tmp / PROFILES_FILE, mode="w+", dtype=np.float16, shape=(n, n_filters)).flush()
+        if dim is not None:
+            open_memmap(tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+        for name, (dtype, width) in _COLUMNS.items():
+            shape = (n,) if width is None else (n, width)
+            open_memmap(tmp / f"_{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        _write_atomic(tmp / PROGRESS_FILE, json.dumps(state))
+    start = int(state["rows_done"])
+    layer, dim = state["feature_layer"], state["feature_dim"]
+    profiles = np.load(tmp / PROFILES_FILE, mmap_mode="r+")
+    features = np.load(tmp / FEATURES_FILE, mmap_mode="r+") if dim is not None else None
+    columns = {name: np.load(tmp / f"_{name}.npy", mmap_mode="r+") for name in _COLUMNS}
+
+    def checkpoint(rows_done: int) -> None:
+        for arr in (profiles, features, *columns.values()):
+            if arr is not None:
+                arr.flush()
+        _write_atomic(tmp / PROGRESS_FILE, json.dumps({**state, "rows_done": rows_done}))
+
+    # The per-image loop is the exact path on CPU; the features come from its own forward passes.
+    # Elsewhere the vectorized path is used and the features take one extra no-grad forward.
+    strategy = "loop" if model.device.type == "cpu" else "vmap"
+    tap = FeatureTap(model.module, layer) if layer is not None else None
+    rest = ds.subset(range(start, n))
+    loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    bar = tqdm(total=n, initial=start, desc=f"index {model.name}", unit="img", disable=not progress)
+    row, batches = start, 0
+    try:
+        for images, y in loader:
+            images = images.to(model.device)
+            ctx = tap.tap() if (tap is not None and strategy == "loop") else contextlib.nullcontext()
+            with ctx:
+                batch = filter_profiles(model.module, images, y, index=findex, mode="raw", strategy=strategy)
+            if tap is not None:
+                if strategy == "loop":
+                    feats = tap.take()
+                else:
+                    with torch.no_grad(), tap.tap():
+                        model.module(images)
+                    feats = tap.take()
+            b = images.shape[0]
+            logits = batch.logits.float().cpu()
+            probs = torch.softmax(logits, dim=1)
+            top = probs.topk(min(5, probs.shape[1]), dim=1)
+            top_idx = np.full((b, 5), -1, dtype=np.int64)
+            top_p = np.zeros((b, 5), dtype=np.float32)
+            top_idx[:, : top.indices.shape[1]] = top.indices.numpy()
+            top_p[:, : top.values.shape[1]] = top.values.numpy()
+            profiles[row : row + b] = batch.raw.to(device="cpu", dtype=torch.float16).numpy()
+            if features is not None:
+                features[row : row + b] = feats.to(torch.float16).numpy()
+            columns["top5"][row : row + b] = top_idx
+            columns["top5_prob"][row : row + b] = top_p
+            columns["loss"][row : row + b] = F.cross_entropy(logits, y.long(), reduction="none").numpy()
+            row += b
+            batches += 1
+            bar.update(b)
+            if batches % checkpoint_every == 0:
+                checkpoint(row)
+        checkpoint(row)
+    finally:
+        bar.close()
+    # Finish: the table, the metadata with checksums, then one rename.
+    top5, top5_prob, loss = (np.array(columns[k]) for k in ("top5", "top5_prob", "loss"))
+    pred = top5[:, 0]
+    names = model.labels.names
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_TABLE_FIELDS)
+    for i in range(n):
+        w.writerow([files[i], labels[i], int(pred[i]), int(pred[i] == labels[i]), _fmt(loss[i]),
+                    *(int(v) for v in top5[i]), *(_fmt(v) for v in top5_prob[i]),
+                    names[labels[i]] if 0 <= labels[i] < len(names) else "",
+                    names[pred[i]] if 0 <= pred[i] < len(names) else ""])
+    (tmp / TABLE_FILE).write_text(buf.getvalue(), encoding="utf-8")
+    del profiles, features, columns
+    for name in _COLUMNS:
+        (tmp / f"_{name}.npy").unlink()
+    kept = [PROFILES_FILE, TABLE_FILE] + ([FEATURES_FILE] if dim is not None else [])
+    correct = pred == np.asarray(labels)
+    meta = {
+        **key,
+        "layout": layout,
+        "n_filters": n_filters,
+        "profile_dtype": "float16",
+        "profile_mode": "raw (mean |dL/dθ| per filter, loss against the label)",
+        "feature_layer": layer,
+        "feature_dim": dim,
+        "dataset": ds.description,
+        "accuracy": float(correct.mean()),
+        "n_incorrect": int((~correct).sum()),
+        "device": str(model.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in kept},
+    }
+    _write_atomic(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+    (tmp / PROGRESS_FILE).unlink()
+    if target.exists():
+        old = target.parent / f".{target.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+    idx = ProfileIndex.open(target)
+    idx.build_info = {"status": "resumed" if start else "built", "resumed_from": start,
+                      "rows_computed": n - start, "seconds": time.perf_counter() - t0}
+    return idx
+
+
+def _read_progress(tmp: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of an unfinished build of the same model and data, or None."""
+    try:
+        state = json.loads((tmp / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if state.get("key") != key:
+        return None
+    needed = [PROFILES_FILE, *(f"_{k}.npy" for k in _COLUMNS)] + ([FEATURES_FILE] if state.get("feature_dim") else [])
+    if not all((tmp / f).is_file() for f in needed):
+        return None
+    return state
+
+
+# -- finding or building the index of a dataset ------------------------------------------------
+def index_root(model_name: str) -> Path:
+    """The user cache of indexes of one model."""
+    from .store import user_helper_objects
+
+    return user_helper_objects().parent / "index" / _safe_name(model_name)
+
+
+def default_index_dir(model: LoadedModel, dataset: LabeledImages) -> Path:
+    """Where :func:`index_for` builds the index of ``dataset`` in the user cache: a short hash of
+    the dataset's root folder, its files and labels, and the weights."""
+    files = dataset.relative_files()
+    return index_root(model.name) / _short_hash(_root_hash(dataset.root), _files_hash(files, dataset.labels),
+                                                model.weights_id)
+
+
+def index_for(
+    explainer: Explainer,
+    dataset: LabeledImages,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ProfileIndex:
+    """The profile index of ``dataset`` for the explainer's model, row ``i`` = dataset item ``i``.
+
+    Parameters
+    ----------
+    explainer : Explainer
+    dataset : LabeledImages
+    path : path, optional
+        An index folder: opened and checked (same model, weights, preprocessing; holds every file
+        of the dataset with the same labels), or built there when it does not exist yet (an
+        unfinished build there is resumed).
+        Default: any index in the user cache that covers the dataset, else a new one built there
+        (see :func:`default_index_dir`).
+    batch_size, progress
+        For a build.
+
+    Raises
+    ------
+    IndexError_
+        The index at ``path`` belongs to another model or does not cover the dataset.
+    """
+    model = explainer.model
+    if path is not None:
+        folder = Path(path)
+        if not (folder / META_FILE).is_file():
+            return build_index(model, dataset, folder, batch_size=batch_size, progress=progress).aligned(dataset)
+        idx = ProfileIndex.open(folder)
+        idx.check_model(model)
+        return idx.aligned(dataset)
+    root = index_root(model.name)
+    if root.is_dir():
+        for candidate in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
+            try:
+                idx = ProfileIndex.open(candidate)
+                idx.check_model(model)
+                # Same folder required: two datasets can share relative names and labels.
+                return idx.aligned(dataset, same_root=True)
+            except IndexError_:
+                continue
+    return build_index(model, dataset, default_index_dir(model, dataset), batch_size=batch_size,
+                       progress=progress).aligned(dataset)
