@@ -22,7 +22,7 @@ from PIL import Image
 from ._types import CamMethod, Mode, SortedProfile
 from .kernels.cam import cam_map, conv_layer_names
 from .kernels.filters import FilterIndex
-from .kernels.interventions import FilterPruner
+from .kernels.interventions import FilterPruner, Recipe
 from .kernels.layout import sorted_profile
 from .kernels.basis import SaliencyBasis
 from .kernels.saliency import InputSaliency, negligible_set
@@ -307,12 +307,12 @@ class Analysis:
             for i, la, c in zip(ids, layers, channels)
         ]
 
-    def pruner(self) -> FilterPruner:
+    def pruner(self, *, recipe: Recipe = "zero-output") -> FilterPruner:
         """A :class:`FilterPruner` for the model (this image traces the conv -> batch norm pairs).
 
         Reusable for any image of the same model: keep it to skip the trace next time.
         """
-        return FilterPruner(self.explainer.model.module, self.index, self.x)
+        return FilterPruner(self.explainer.model.module, self.index, self.x, recipe=recipe)
 
     def pruned_probabilities(
         self, filters: Sequence[int] | np.ndarray, *, pruner: FilterPruner | None = None

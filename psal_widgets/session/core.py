@@ -34,6 +34,7 @@ from .._types import CAM_METHODS, SortedProfile
 from ..data import LabeledImages
 from ..explainer import Analysis, Explainer
 from ..kernels.device import same_device
+from ..kernels.interventions import Recipe
 from ..kernels.stats import FilterStats
 from ..labels import LabelSet
 from ..models import DEFAULT_MODEL, LoadedModel
@@ -795,11 +796,17 @@ class Session:
 
     # -- interventions -------------------------------------------------------------------------
     @_locked
-    def prune(self, kind: PruneChoice = "salient", n: int | None = None, seed: int = 0) -> PruneReport:
-        """Turn ``n`` filters off (weights and their batch norm's bias zeroed, paper §3.1).
+    def prune(
+        self, kind: PruneChoice = "salient", n: int | None = None, seed: int = 0, *,
+        recipe: Recipe = "zero-output",
+    ) -> PruneReport:
+        """Turn ``n`` filters off (paper §3.1) and compare the prediction.
 
-        Works on a copy of the parameters (``Analysis.pruned_probabilities``): the model is
-        untouched.
+        "Off" means the filter's channel is exactly zero after its normalization layer
+        (``recipe="zero-output"``, the paper's stated intent); ``"paper-literal"`` zeroes the
+        weights, conv bias and batch-norm bias as the original code does, which leaves the
+        constant ``-γ·μ/√(σ²+ε)`` in the channel (see :mod:`psal_widgets.kernels.interventions`).
+        The model is untouched (hooks / a copy of the parameters).
 
         Parameters
         ----------
@@ -823,8 +830,8 @@ class Session:
         ids = choose_filters(
             kind, profile=a.profile, selected=self._selection.ids, n=n, seed=seed, image=st.image
         )
-        if self._pruner is None:
-            self._pruner = a.pruner()
+        if self._pruner is None or getattr(self._pruner, "recipe", "zero-output") != recipe:
+            self._pruner = a.pruner(recipe=recipe)
         after = a.pruned_probabilities(ids, pruner=self._pruner)
         return prune_report(kind, ids, before=a.probs, after=after, label=st.label, labels=self.labels)
 

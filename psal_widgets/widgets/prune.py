@@ -21,10 +21,12 @@ _KINDS = {
 
 
 def prune_table(results: list[dict[str, Any]]) -> str:
-    """One row per pruning: which filters, top-1 and P(label) before -> after, new top-5."""
+    """One row per pruning: which filters, top-1, P(label under study) and P(class predicted
+    before) before -> after, new top-5."""
     rows = []
     for r in results:
         (b1, a1), (pb, pa) = r["top1"], r["prob_label"]
+        qb, qa = r.get("prob_pred", (float("nan"), float("nan")))
         top5 = ", ".join(f"{esc(p['name'])} {p['prob']:.2f}" for p in r["prediction"])
         rows.append(
             [
@@ -32,20 +34,27 @@ def prune_table(results: list[dict[str, Any]]) -> str:
                 str(r.get("n", len(r["filters"]))),
                 f"{esc(b1['name'])} {b1['prob']:.3f} &rarr; {esc(a1['name'])} {a1['prob']:.3f}",
                 f"{pb:.4f} &rarr; {pa:.4f}",
+                f"{qb:.4f} &rarr; {qa:.4f}",
                 top5,
             ]
         )
+    first = results[0] if results else {}
+    label = esc(first.get("label", {}).get("name", "label"))
+    pred = esc(first.get("pred", {}).get("name", "predicted"))
     return table(
-        ["filters off", "n", "top-1 before &rarr; after", "P(label)", "top-5 after"],
+        ["filters off", "n", "top-1 before &rarr; after", f"P({label})", f"P({pred}, predicted before)",
+         "top-5 after"],
         rows,
-        align=["left", "right", "left", "right", "left"],
+        align=["left", "right", "left", "right", "right", "left"],
     )
 
 
 _HELP = (
-    "<b>Turning a filter off</b> means setting its weights to zero (and the bias of the batch "
-    "norm that follows it), on a copy of the model's parameters, and predicting again: the "
-    "next layer then gets (almost) no signal from that filter. Your model is not changed. "
+    "<b>Turning a filter off</b> means making its output channel exactly zero after its "
+    "normalization layer, and predicting again: the next layer gets no signal at all from that "
+    "filter. Your model is not changed. (The original code zeroed the weights and the batch "
+    "norm's bias, which leaves a constant in the channel; that recipe is kept as an option of "
+    "<code>psal experiment pruning --recipe paper-literal</code>.) "
     "If the filters of F really cause a mistake, turning them off should help the true class "
     "more than turning off as many <b>random</b> filters or the <b>least salient</b> ones "
     "(the baselines; paper section 3.1). The seed picks the random filters."
@@ -80,8 +89,8 @@ class PrunePanel:
             [
                 explain(
                     "Turn filters off",
-                    "predict again without the filters of F, and compare with as many random or "
-                    "least-salient filters.",
+                    "off = the filter's output channel is exactly zero; compare F with as many "
+                    "random (drawn afresh per image) or least-salient filters.",
                     _HELP,
                 ),
                 W.HBox([self.off, self.compare, self.seed]),
