@@ -685,10 +685,32 @@ def test_export_writes_the_chart_for_offline_use(app, tmp_path) -> None:
     app.export_panel.export(tmp_path / "out")
     app.wait_idle(120)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert {"profile.html", "profile.csv", "filters.json", "overlay.png"} <= set(names)
+    assert {"profile.html", "plotly.min.js", "profile.csv", "filters.json", "overlay.png", "gradcam.png"} <= set(names)
     html = (tmp_path / "out" / "profile.html").read_text()
-    assert 'src="https://cdn.plot.ly' not in html and len(html) > 1_000_000  # plotly.js inside
-    assert "wrote" in app.export_panel.result.value
+    # plotly.js is loaded from the file beside the page (works offline), so the page stays small.
+    assert '<script src="plotly.min.js"' in html and "cdn.plot.ly" not in html
+    assert len(html) < 2_000_000
+    assert len((tmp_path / "out" / "plotly.min.js").read_text()) > 1_000_000
+    assert "wrote" in app.export_panel.result.value and str(tmp_path / "out") in app.export_panel.result.value
+
+
+@pytest.mark.slow
+def test_download_is_one_zip_with_what_the_server_export_writes(app, tmp_path) -> None:
+    import base64
+    import io
+    import re
+    import zipfile
+
+    app.export_panel.prepare_download()
+    app.wait_idle(120)
+    href = re.search(r'href="data:application/zip;base64,([^"]+)"', app.export_panel.link.value)
+    assert href, app.export_panel.link.value
+    archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(href.group(1))))
+    app.export_panel.export(tmp_path / "same")
+    app.wait_idle(120)
+    for name in ("profile.csv", "input_map.png", "gradcam.png", "image.png"):
+        assert archive.read(name) == (tmp_path / "same" / name).read_bytes(), name
+    assert {"profile.html", "plotly.min.js", "filters.json"} <= set(archive.namelist())
 
 
 @pytest.mark.slow

@@ -170,7 +170,7 @@ class Explorer(W.VBox):
         self.brush_panel = BrushPanel(self)
         self.maps_panel = MapsPanel(self, debounce=debounce)
         self.prune_panel = PrunePanel(self)
-        self.export_panel = ExportPanel(self, write_chart=self._write_chart)
+        self.export_panel = ExportPanel(self, chart_html=self._chart_html, plotly_js=self._plotly_js)
         self.neighbours_panel = (
             NeighboursPanel(self, open_row=self.image_panel.open_row)
             if getattr(session, "dataset", None) is not None
@@ -380,6 +380,14 @@ class Explorer(W.VBox):
         """Redraw every view from the Session (call on the worker thread)."""
         self.changed.emit(StateEvent(ALL_STATE))
 
-    def _write_chart(self, path: Path) -> None:
-        """The chart as one HTML file with plotly.js embedded (about 5 MB), so it opens offline."""
-        self.profile_panel.figure.write_html(path, include_plotlyjs=True, full_html=True)
+    def _chart_html(self) -> str:
+        """The chart as an HTML page that loads plotly.js from a file beside it (small page)."""
+        from .export import PLOTLY_JS
+
+        return self.profile_panel.figure.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
+
+    @staticmethod
+    def _plotly_js() -> str:
+        from plotly.offline import get_plotlyjs
+
+        return get_plotlyjs()

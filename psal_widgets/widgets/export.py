@@ -1,7 +1,8 @@
-"""Export the current state to a folder: the Session's files plus the chart as offline HTML."""
+"""Export what is on screen: a zip downloaded in the browser, or files saved on the server."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,57 +17,94 @@ __all__ = ["ExportPanel"]
 
 
 _HELP = (
-    "Writes the current state to a folder on the machine that runs the kernel: the profile as "
-    "CSV, F as JSON, the image, the maps as PNG, and the chart as an HTML page that opens "
-    "offline."
+    "<b>Download</b> gives you one zip file in your browser: the profile as CSV, F and the "
+    "settings as JSON, the image, the input map and the CAM exactly as shown, and the chart as an "
+    "HTML page that opens offline (with plotly.min.js beside it). <b>Save on the server</b> writes "
+    "the same files to a folder of the machine that runs the explorer (useful in JupyterLab)."
 )
+
+#: The chart page loads plotly from this file, shipped beside it: the page stays small.
+PLOTLY_JS = "plotly.min.js"
 
 
 class ExportPanel:
-    """A folder name and a button; lists the written files.
+    """A download button (one zip, built in memory) and a save-to-folder button.
 
     Parameters
     ----------
     host : Host
-    write_chart : callable(path)
-        Writes the profile chart as a stand-alone HTML file (the profile panel's figure).
+    chart_html : callable() -> str
+        The profile chart as an HTML page that loads ``plotly.min.js`` from beside it.
+    plotly_js : callable() -> str
+        The plotly.js source to ship beside the page.
     folder : str
-        Default folder name.
+        Default folder name for saving on the server.
     """
 
     def __init__(
-        self, host: Host, *, write_chart: Callable[[Path], None], folder: str = "psal_export"
+        self,
+        host: Host,
+        *,
+        chart_html: Callable[[], str],
+        plotly_js: Callable[[], str],
+        folder: str = "psal_export",
     ) -> None:
         self.host = host
-        self.write_chart = write_chart
-        self.folder = W.Text(value=folder, description="folder", layout=W.Layout(width="360px"))
-        self.button = W.Button(
-            description="export", icon="download", layout=W.Layout(width="100px")
-        )
+        self.chart_html = chart_html
+        self.plotly_js = plotly_js
+        self.download = W.Button(description="download zip", icon="download", layout=W.Layout(width="140px"))
+        self.download.add_class("psal-download")
+        self.link = W.HTML("")
+        self.link.add_class("psal-download-link")
+        self.folder = W.Text(value=folder, description="folder", layout=W.Layout(width="300px"))
+        self.button = W.Button(description="save on the server", icon="save", layout=W.Layout(width="160px"))
         self.result = W.HTML("")
         self.button.on_click(host.status.guard(lambda _b: self.export(), "export"))
+        self.download.on_click(host.status.guard(lambda _b: self.prepare_download(), "download"))
         self.widget = W.VBox(
             [
-                explain("Export", "save what you see to files.", _HELP),
+                explain("Export", "download what you see as one zip, or save it on the server.", _HELP),
+                W.HBox([self.download, self.link]),
                 W.HBox([self.folder, self.button]),
                 self.result,
             ]
         )
 
+    def _extra(self) -> dict[str, str]:
+        return {"profile.html": self.chart_html(), PLOTLY_JS: self.plotly_js()}
+
+    def prepare_download(self) -> None:
+        """Build the zip on the worker, then show a link that saves it in the browser."""
+        s = self.host.session
+        extra = self._extra
+
+        def run() -> tuple[bytes, str]:
+            return s.export_zip(extra=extra()), s.image_name
+
+        self.host.worker.run(run, then=self.show_link, what="download")
+
+    def show_link(self, result: tuple[bytes, str]) -> None:
+        data, image_name = result
+        stem = Path(image_name).stem or "image"
+        name = f"psal_{stem}.zip"
+        # A data URL: the browser saves the bytes itself, nothing is read from the server's disk.
+        href = "data:application/zip;base64," + base64.b64encode(data).decode("ascii")
+        self.link.value = (
+            f'<a download="{esc(name)}" href="{href}" style="font-size:12px">save {esc(name)} '
+            f"({len(data) / 1e6:.1f} MB)</a>"
+        )
+        self.host.status.info(f"{name} is ready: click the link to save it")
+
     def export(self, folder: str | os.PathLike[str] | None = None) -> None:
-        """Write profile.csv, filters.json, the PNGs (Session.export) and profile.html."""
+        """Write the Session's files, profile.html and plotly.min.js into ``folder`` (on the server)."""
         target = Path(os.fspath(folder if folder is not None else self.folder.value)).expanduser()
         if not str(target).strip():
             raise ValueError("give a folder name to export to")
         s = self.host.session
-        write_chart = self.write_chart
+        extra = self._extra
 
         def run() -> list[Path]:
-            paths = list(s.export(target))
-            html_path = target / "profile.html"
-            write_chart(html_path)
-            paths.append(html_path)
-            return paths
+            return list(s.export(target, extra=extra()))
 
         self.host.worker.run(run, then=self.show, what="export")
 

@@ -1,0 +1,77 @@
+"""The worker's idle-time work (the instant-map basis): it runs only between jobs, a job never
+waits for more than one step, a new background task cancels the old one, errors end it."""
+from __future__ import annotations
+
+import threading
+import time
+
+from psal_widgets.widgets.worker import Worker
+
+
+def test_background_steps_run_until_done_and_yield_to_jobs() -> None:
+    w = Worker()
+    order: list[str] = []
+    steps = iter(range(5))
+    gate = threading.Event()
+
+    def step() -> bool:
+        i = next(steps)
+        order.append(f"bg{i}")
+        if i == 1:
+            gate.set()
+            time.sleep(0.05)  # a job submitted now must run before the next step
+        return i < 4
+
+    w.background(step)
+    assert gate.wait(10)
+    w.run(lambda: order.append("job"))
+    w.wait_background(10)
+    assert order.index("job") == order.index("bg1") + 1
+    assert [o for o in order if o != "job"] == [f"bg{i}" for i in range(5)]
+    assert not w.background_pending
+    w.close()
+
+
+def test_a_new_background_task_replaces_the_old_one() -> None:
+    w = Worker()
+    seen: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def old() -> bool:
+        seen.append("old")
+        started.set()
+        release.wait(10)
+        return True  # would run forever if not replaced
+
+    w.background(old)
+    assert started.wait(10)
+    w.background(lambda: seen.append("new") is None and len(seen) < 4)
+    release.set()
+    w.wait_background(10)
+    assert seen[0] == "old" and set(seen[1:]) == {"new"}
+    w.close()
+
+
+def test_wait_idle_ignores_background_and_errors_end_it() -> None:
+    errors: list[str] = []
+    w = Worker(on_error=lambda exc, what: errors.append(f"{what}: {exc}"))
+    go = threading.Event()
+
+    def forever() -> bool:
+        go.wait(0.01)
+        return True
+
+    w.background(forever, what="basis")
+    w.run(lambda: None)
+    w.wait_idle(10)  # returns although the background task never ends
+    assert w.background_pending
+
+    def broken() -> bool:
+        raise RuntimeError("boom")
+
+    w.background(broken, what="basis")
+    w.wait_background(10)
+    assert errors == ["basis: boom"]
+    w.background(None)
+    w.close()
