@@ -18,7 +18,6 @@ from psal_widgets.kernels import FilterIndex
 from psal_widgets.kernels.neighbours import cosine_neighbours, layer_columns, standardize_bank
 from psal_widgets.labels import UnknownLabelError
 from psal_widgets.session import CamView, Session, SessionError, Stroke
-from psal_widgets.store import StatsError
 from psal_widgets.viz.heatmap import overlay
 
 from .conftest import ROOT, VAL800, make_tiny, needs_data
@@ -381,62 +380,67 @@ def _val_rows():
         return [(r["file"], r["label"]) for r in csv.DictReader(fh)]
 
 
-@pytest.mark.slow
-@pytest.mark.data
-@needs_data()
-def test_dataset_rows_and_filters(default_explainer):
-    s = Session(model=default_explainer, data=VAL800 / "labels.csv", image=GRACE)
-    rows = s.dataset_rows()
-    assert len(rows) == 800 and rows[0]["file"] == _val_rows()[0][0]
-    wrong = s.dataset_rows(only="incorrect")
-    assert len(wrong) == 147  # GUIDE §3: 81.6% top-1, 147 mistakes
-    assert all(not r["correct"] and r["pred"] != r["label"] for r in wrong)
-    assert len(s.dataset_rows(only="correct")) == 800 - 147
-    canoe = s.dataset_rows(cls="canoe")
-    assert canoe and all(r["label_name"] == "canoe" for r in canoe)
-    first = wrong[0]
-    s.open_dataset_image(first["i"])
-    assert s.dataset_index == first["i"] and s.label == first["label"] and s.label_source == "known"
-    assert s.prediction(1)[0]["index"] == first["pred"]
-    with pytest.raises(StatsError, match="--profiles"):
-        s.neighbours()  # the shipped helper objects keep no profiles
-
-
-@pytest.mark.slow
-@pytest.mark.data
-@needs_data()
-def test_stats_of_another_dataset_are_refused(default_explainer, tmp_path):
-    csv_path = _subset_csv(tmp_path, _val_rows()[:3])
-    with pytest.raises(StatsError, match="psal stats --data"):
-        Session(model=default_explainer, data=csv_path, image=GRACE)
-
-
 @pytest.fixture(scope="module")
 def small_index(default_explainer, tmp_path_factory):
-    """Helper objects with profiles over 24 shared images, computed here."""
+    """(labels CSV, profile-index folder) over 24 shared images, the index built here."""
     from psal_widgets.data import open_dataset
-    from psal_widgets.store import save_stats
-    from psal_widgets.validation import compute_stats
+    from psal_widgets.index import build_index
 
     folder = tmp_path_factory.mktemp("small")
     rows = _val_rows()[::33][:24]
     csv_path = _subset_csv(folder, rows)
     model = default_explainer.model
     ds = open_dataset(csv_path, labels=model.labels, preprocess=model.preprocess)
-    stats, samples = compute_stats(model, ds, batch_size=8, progress=False, keep_profiles=True)
-    out = save_stats(folder / "helper", stats, samples=samples)
-    return csv_path, out
+    build_index(model, ds, folder / "index", batch_size=8, progress=False)
+    return csv_path, folder / "index"
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_dataset_rows_and_filters(default_explainer, small_index):
+    from psal_widgets.index import ProfileIndex
+
+    csv_path, folder = small_index
+    idx = ProfileIndex.open(folder)
+    s = Session(model=default_explainer, data=csv_path, index=folder, image=GRACE)
+    assert s.index_dir == folder
+    rows = s.dataset_rows()
+    assert len(rows) == 24 and rows[0]["file"].endswith(_val_rows()[0][0])
+    wrong = s.dataset_rows(only="incorrect")
+    assert [r["i"] for r in wrong] == np.flatnonzero(~idx.correct).tolist() and wrong
+    assert all(not r["correct"] and r["pred"] != r["label"] for r in wrong)
+    assert len(s.dataset_rows(only="correct")) == 24 - len(wrong)
+    name = rows[0]["label_name"]
+    same = s.dataset_rows(cls=name)
+    assert same and all(r["label_name"] == name for r in same)
+    first = wrong[0]
+    s.open_dataset_image(first["i"])
+    assert s.dataset_index == first["i"] and s.label == first["label"] and s.label_source == "known"
+    # The live analysis agrees with the index: same prediction, same probability of the label.
+    assert s.prediction(1)[0]["index"] == first["pred"]
+    live = s.probabilities()[first["label"]]
+    assert live == pytest.approx(first["prob_label"], rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@needs_data()
+def test_an_index_of_another_dataset_is_refused(default_explainer, small_index, tmp_path):
+    from psal_widgets.index import IndexError_
+
+    csv_path = _subset_csv(tmp_path, _val_rows()[1:4])  # none of them is in the small index
+    with pytest.raises(IndexError_, match="does not hold 3"):
+        Session(model=default_explainer, data=csv_path, index=small_index[1], image=GRACE)
 
 
 @pytest.mark.slow
 @pytest.mark.data
 @needs_data()
 def test_neighbours_against_numpy(default_explainer, small_index):
-    from safetensors.numpy import load_file
-
-    csv_path, helper = small_index
-    s = Session(model=default_explainer, data=csv_path, data_stats=helper, image=GRACE)
-    raw = load_file(str(helper / "profiles.safetensors"))["raw"].astype(np.float64)
+    csv_path, folder = small_index
+    s = Session(model=default_explainer, data=csv_path, index=folder, image=GRACE)
+    raw = np.load(folder / "profiles.npy").astype(np.float64)
     stats = default_explainer.stats
     bank = (raw - stats.mean.numpy()) / stats.safe_std().numpy()
 
@@ -447,7 +451,7 @@ def test_neighbours_against_numpy(default_explainer, small_index):
     ref[3] = -np.inf  # the image itself is left out
     assert [r["i"] for r in found] == np.argsort(-ref)[:5].tolist()
     np.testing.assert_allclose([r["similarity"] for r in found], np.sort(ref)[::-1][:5], rtol=1e-4)
-    # Sanity: the stored profile of the same image is (almost) the query itself.
+    # Sanity: the indexed profile of the same image is (almost) the query itself.
     assert _loop_cosine(query, bank[3:4])[0] > 0.99
 
     index = default_explainer.index
@@ -460,32 +464,3 @@ def test_neighbours_against_numpy(default_explainer, small_index):
         [r["similarity"] for r in deep], np.sort(ref_deep)[::-1][:23], rtol=1e-4
     )
     assert set(found[0]) >= {"i", "file", "label_name", "pred_name", "correct", "similarity"}
-
-
-@pytest.mark.slow
-@pytest.mark.data
-@needs_data()
-def test_data_stats_are_found_and_profiles_preferred(default_explainer, small_index, tmp_path, monkeypatch):
-    """Without data_stats=, every helper-objects folder of the model is a candidate: the ones
-    that do not cover the dataset are skipped, and one with profiles wins (so that the README's
-    `psal stats --data X --profiles` then `psal dashboard --data X` gives neighbours)."""
-    import shutil
-
-    from psal_widgets.store import PROFILES_FILE
-
-    csv_path, helper = small_index
-    name = default_explainer.model.name
-    bare, full = tmp_path / "a" / name, tmp_path / "b" / name
-    shutil.copytree(helper, bare)
-    (bare / PROFILES_FILE).unlink()
-    shutil.copytree(helper, full)
-    # Lookup order: $PSAL_HELPER_OBJECTS (bare first), then the shipped folder (another dataset).
-    monkeypatch.setenv("PSAL_HELPER_OBJECTS", os.pathsep.join([str(bare.parent), str(full.parent)]))
-    s = Session(model=default_explainer, data=csv_path, image=GRACE)
-    assert s.data_stats_dir == full
-    assert len(s.neighbours(k=3)) == 3
-    monkeypatch.setenv("PSAL_HELPER_OBJECTS", str(bare.parent))
-    s = Session(model=default_explainer, data=csv_path, image=GRACE)
-    assert s.data_stats_dir == bare
-    with pytest.raises(StatsError, match="--profiles"):
-        s.neighbours()

@@ -254,23 +254,21 @@ def _small_dataset(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def app(default_explainer, tmp_path_factory):
-    """One Explorer for the module; with the shared data, a 12-image dataset with profiles."""
+    """One Explorer for the module; with the shared data, a 12-image dataset and its profile index."""
     from psal_widgets.session import Session
     from psal_widgets.widgets import Explorer
 
     kwargs: dict[str, object] = {}
     if VAL800.exists():
         from psal_widgets.data import open_dataset
-        from psal_widgets.store import save_stats
-        from psal_widgets.validation import compute_stats
+        from psal_widgets.index import build_index
 
         folder = tmp_path_factory.mktemp("small")
         csv_path = _small_dataset(folder)
         model = default_explainer.model
         ds = open_dataset(csv_path, labels=model.labels, preprocess=model.preprocess)
-        stats, samples = compute_stats(model, ds, progress=False, keep_profiles=True)
-        save_stats(folder / "helper", stats, samples=samples)
-        kwargs = {"data": csv_path, "data_stats": folder / "helper"}
+        build_index(model, ds, folder / "index", batch_size=6, progress=False)
+        kwargs = {"data": csv_path, "index": folder / "index"}
     session = Session(default_explainer, image=ROOT / "raw_images" / "chelsea.png", **kwargs)
     explorer = Explorer(session=session)
     explorer.wait_idle(120)

@@ -8,8 +8,8 @@ Modules, one concept each: ``core`` (the facade: lock, state, F), ``settings`` (
 percentile), ``state`` (the immutable per-analysis state), ``selection`` (F and its mode),
 ``resolve`` (image and label, shared with ``Explainer.analyze``), ``cache`` (one LRU cache for
 maps, gradients and CAMs), ``masks`` (strokes and the Fig. 7c report), ``prune``, ``dataset``
-(helper objects, browser rows, neighbours), ``export`` (files and zip), ``classes`` and
-``types``.
+(the profile index: browser rows, error table, neighbours, Fig. 2, the 2-D map), ``export``
+(files and zip), ``classes`` and ``types``.
 
 ``Session`` is imported lazily: ``explainer.py`` uses :mod:`.resolve`, and the facade imports
 the explainer, so loading the facade eagerly here would make the two modules import each other.
@@ -30,6 +30,7 @@ from .types import (
     ClassProb,
     ClassRef,
     DatasetRow,
+    DatasetSummary,
     FilterChange,
     FilterInfo,
     FilterMode,
@@ -50,6 +51,7 @@ __all__ = [
     "ClassProb",
     "ClassRef",
     "DatasetRow",
+    "DatasetSummary",
     "FilterChange",
     "FilterInfo",
     "FilterMode",

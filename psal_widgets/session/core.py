@@ -44,7 +44,7 @@ from . import export as _export
 from .basis import BasisPlan, plan_candidates
 from .cache import LRUCache
 from .classes import class_ref, top_classes
-from .dataset import DatasetBrowser, no_dataset
+from .dataset import DatasetBrowser, MapMethod, SortKey, no_dataset
 from .errors import SessionError
 from .masks import compare, paint, top_percent_stroke
 from .prune import choose_filters, prune_report
@@ -59,6 +59,7 @@ from .types import (
     CamView,
     ClassProb,
     DatasetRow,
+    DatasetSummary,
     FilterInfo,
     FilterMode,
     NeighbourRow,
@@ -135,9 +136,13 @@ class Session:
         Model name (default: the embedded EfficientNet-Lite0), a loaded model, or a ready
         Explainer (its statistics are used). A given model stays on its device.
     data : path, optional
-        A labelled dataset (CSV ``file,label`` or folder, see :func:`open_dataset`) whose
-        helper objects (``psal stats --data PATH``) exist: enables the dataset browser and,
-        with ``--profiles``, neighbours.
+        A labelled dataset (CSV ``file,label`` or folder, see :func:`open_dataset`): enables the
+        dataset browser, the dataset view and neighbours, all read from the dataset's profile
+        index (``psal index``). Without ``index=`` the index is looked up in the user cache and,
+        when none covers the dataset, BUILT HERE, during construction (one backward pass per
+        image: about 1-2 minutes for 800 images with the default model on a laptop CPU; the
+        explorer builds its session on its worker thread). Build it ahead with
+        ``psal index --data PATH --out DIR`` and pass ``index=DIR`` to start at once.
     image : path, bytes or PIL image, optional
         Default: the first file of ``raw_images/``.
     label : int or str, optional
@@ -148,8 +153,13 @@ class Session:
     stats : FilterStats, path, "auto" or None
         Validation statistics for the standardized profile (when ``model`` is not an
         Explainer); ``"auto"``: the model's own helper objects.
-    data_stats : path, optional
-        Helper-objects folder computed over ``data`` (default: every folder of the model).
+    index : path, optional
+        The profile-index folder of ``data`` (``psal index --out DIR``); default the
+        ``PSAL_INDEX`` environment variable, else the user cache (see ``data``). A folder that
+        does not exist yet is where the index is built.
+    data_stats : None
+        Removed: per-sample helper objects (``psal stats --profiles``) are no longer read; a
+        value raises :class:`SessionError` naming the replacement (``index=``).
     weights : path, optional
         Weights file of a named model (see :func:`psal_widgets.models.load_model`).
     k, boost, percentile : int, float, float
@@ -167,6 +177,7 @@ class Session:
         device: str | None = None,
         *,
         stats: FilterStats | str | os.PathLike[str] | None = "auto",
+        index: str | os.PathLike[str] | None = None,
         data_stats: str | os.PathLike[str] | None = None,
         weights: str | os.PathLike[str] | None = None,
         k: int = 10,
@@ -192,8 +203,15 @@ class Session:
         self._layouts: LRUCache[SortedProfile] = LRUCache(1)
         self._pruner: Any = None  # a kernels FilterPruner, built on the first prune
         self._data: DatasetBrowser | None = None
+        if data_stats is not None:
+            raise SessionError(
+                "data_stats= is no longer read: the dataset view reads a profile index; build it with "
+                "`psal index --data DATA --out DIR` and pass index=DIR (or leave it out to find or build one)"
+            )
         if data is not None:
-            self._data = DatasetBrowser.open(data, data_stats, explainer=self.explainer)
+            if index is None:
+                index = os.environ.get("PSAL_INDEX") or None
+            self._data = DatasetBrowser.open(data, index, explainer=self.explainer)
         with self._lock:
             self._state: State | None = None
             self._install(
@@ -229,8 +247,8 @@ class Session:
         return None if self._data is None else self._data.dataset
 
     @property
-    def data_stats_dir(self) -> Path | None:
-        """The helper-objects folder matched with ``data=``, else None."""
+    def index_dir(self) -> Path | None:
+        """The profile-index folder read for ``data=``, else None."""
         return None if self._data is None else self._data.folder
 
     # -- current state (read-only views) ---------------------------------------------------
@@ -843,7 +861,7 @@ class Session:
 
     @_locked
     def dataset_rows(self, only: OnlyFilter | None = None, cls: int | str | None = None) -> list[DatasetRow]:
-        """Dataset images with the model's prediction (from the helper objects).
+        """Dataset images with the model's prediction (from the profile index), in dataset order.
 
         Parameters
         ----------
@@ -853,7 +871,54 @@ class Session:
         """
         data = self._need_data()
         want = None if cls is None else self.labels.resolve(cls)
-        return data.list_rows(self.labels, only=only, want=want)
+        return data.list_rows(self.labels, explainer=self.explainer, only=only, want=want)
+
+    @_locked
+    def dataset_table(
+        self,
+        sort: SortKey = "loss",
+        only: OnlyFilter | None = None,
+        cls: int | str | None = None,
+        *,
+        descending: bool = True,
+        limit: int | None = None,
+    ) -> list[DatasetRow]:
+        """The error table: dataset rows sorted by ``loss`` or ``mean_saliency`` (ties keep
+        dataset order), optionally filtered and cut to the first ``limit``.
+
+        Parameters
+        ----------
+        sort : {"loss", "mean_saliency"}
+        only : {None, "correct", "incorrect"}
+        cls : int or str, optional
+            Keep only images of this true class.
+        descending : bool
+            Largest first (the worst mistakes, the most salient images).
+        limit : int, optional
+        """
+        data = self._need_data()
+        want = None if cls is None else self.labels.resolve(cls)
+        return data.list_rows(
+            self.labels, explainer=self.explainer, only=only, want=want, sort=sort,
+            descending=descending, limit=limit,
+        )
+
+    @_locked
+    def dataset_summary(self) -> DatasetSummary:
+        """Paper Fig. 2 for the dataset: the per-layer-sorted mean standardized profile of the
+        correct and of the incorrect images, their counts and mean saliencies (needs statistics)."""
+        return self._need_data().summary(self.explainer)
+
+    @_locked
+    def dataset_map(self, method: MapMethod = "pca") -> np.ndarray:
+        """2-D coordinates of the dataset's standardized profiles, float64 [N, 2] (row ``i`` =
+        dataset image ``i``), cached per method.
+
+        ``pca``: the first two principal components (NumPy SVD of the centred matrix; signs fixed
+        so that each component's largest loading is positive). ``umap``: cosine UMAP, only when
+        ``umap-learn`` is installed (:class:`SessionError` otherwise).
+        """
+        return self._need_data().map_2d(self.explainer, method)
 
     @_locked
     def open_dataset_image(self, i: int) -> None:
@@ -876,7 +941,8 @@ class Session:
         -------
         list of NeighbourRow
             Most similar first; the current image itself is left out when it came from the
-            dataset.
+            dataset. The dataset side is the profile index standardized with the session's
+            statistics.
         """
         data = self._need_data()
         st = self._st

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
+import numpy as np
+
 from .resolve import LabelSource
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "ClassProb",
     "ClassRef",
     "DatasetRow",
+    "DatasetSummary",
     "FilterChange",
     "FilterInfo",
     "FilterMode",
@@ -167,7 +170,7 @@ class PruneReport(TypedDict):
 
 
 class DatasetRow(TypedDict):
-    """One dataset image with the model's prediction (from the helper objects)."""
+    """One dataset image with the model's prediction (from the profile index)."""
 
     i: int
     file: str
@@ -178,6 +181,33 @@ class DatasetRow(TypedDict):
     correct: bool
     prob_label: float
     prob_pred: float
+    #: Cross-entropy against the label (``prob_label = exp(-loss)``).
+    loss: float
+    #: The image's standardized profile averaged over all filters (NaN without statistics).
+    mean_saliency: float
+
+
+class DatasetSummary(TypedDict):
+    """Paper Fig. 2 for the session's dataset: mean standardized profiles, correct vs incorrect.
+
+    The ``y`` arrays are the group means of the standardized profile, each sorted per layer
+    (descending) and laid out as the profile chart (layer ``i`` spans ``x`` in ``[i, i+1)``); NaN
+    for an empty group.
+    """
+
+    #: float64 [F]: position of each sorted value.
+    x: np.ndarray
+    #: float64 [F]: mean over the correctly / incorrectly classified images, sorted per layer.
+    y_correct: np.ndarray
+    y_incorrect: np.ndarray
+    #: int64 [F]: layer position of each point.
+    layer: np.ndarray
+    layer_names: list[str]
+    n_correct: int
+    n_incorrect: int
+    #: Mean over the group's images of their mean standardized saliency.
+    mean_saliency_correct: float
+    mean_saliency_incorrect: float
 
 
 class NeighbourRow(TypedDict):

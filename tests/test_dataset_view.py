@@ -1,0 +1,140 @@
+"""The explorer's dataset view on a tiny model: session dataset methods (read from the profile
+index) against independent NumPy computations on the index arrays, and the panel headless."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from psal_widgets.index import ProfileIndex, build_index
+from psal_widgets.session import Session, SessionError
+
+from .tinydata import tiny_setup
+
+N = 18
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(explainer, dataset, csv path, index folder): 18 generated images, their index built here."""
+    folder = tmp_path_factory.mktemp("dsview")
+    explainer, ds, csv_path = tiny_setup(folder, n=N, seed=3)
+    build_index(explainer.model, ds, folder / "idx", batch_size=6, progress=False)
+    return explainer, ds, csv_path, folder / "idx"
+
+
+@pytest.fixture(scope="module")
+def session(built):
+    explainer, ds, csv_path, idx = built
+    s = Session(model=explainer, data=csv_path, index=idx, image=ds.files[0], k=3)
+    yield s
+    s.close()
+
+
+def _standardized(built) -> np.ndarray:
+    """The index's profiles standardized by hand, float64 [N, F]."""
+    explainer, _, _, folder = built
+    raw = np.load(folder / "profiles.npy").astype(np.float64)
+    st = explainer.stats
+    std = st.std.double().numpy()
+    std = np.where(std <= 1e-14, 1.0, std)
+    return (raw - st.mean.double().numpy()) / std
+
+
+def test_table_sorts_and_filters_like_the_index(built, session):
+    idx = ProfileIndex.open(built[3])
+    z = _standardized(built)
+    mean_sal = z.mean(axis=1)
+    assert 0 < idx.correct.sum() < N  # both groups present, or the filters test nothing
+    rows = session.dataset_rows()
+    assert [r["i"] for r in rows] == list(range(N))
+    for r in rows:
+        i = r["i"]
+        assert r["label"] == idx.label[i] and r["pred"] == idx.pred[i] and r["correct"] == bool(idx.correct[i])
+        assert r["loss"] == pytest.approx(float(idx.loss[i]), rel=1e-6)
+        assert r["mean_saliency"] == pytest.approx(mean_sal[i], rel=1e-4, abs=1e-5)
+        assert r["prob_pred"] == pytest.approx(float(idx.top5_prob[i, 0]), rel=1e-6)
+        # p(label) from the loss agrees with the top-5 probability where the label is in the top 5.
+        where = np.flatnonzero(idx.top5[i] == idx.label[i])
+        if where.size:
+            assert r["prob_label"] == pytest.approx(float(idx.top5_prob[i, where[0]]), rel=1e-4)
+
+    by_loss = session.dataset_table(sort="loss")
+    assert [r["i"] for r in by_loss] == sorted(range(N), key=lambda i: (-float(idx.loss[i]), i))
+    up = session.dataset_table(sort="mean_saliency", descending=False)
+    assert [r["i"] for r in up] == sorted(range(N), key=lambda i: (mean_sal[i], i))
+    wrong = session.dataset_table(sort="mean_saliency", only="incorrect", limit=3)
+    ref = sorted((i for i in range(N) if not idx.correct[i]), key=lambda i: (-mean_sal[i], i))[:3]
+    assert [r["i"] for r in wrong] == ref
+    bees = session.dataset_table(sort="loss", cls="bee", only="correct")
+    ref = [i for i in sorted(range(N), key=lambda i: (-float(idx.loss[i]), i))
+           if idx.label[i] == 1 and idx.correct[i]]
+    assert [r["i"] for r in bees] == ref
+    with pytest.raises(ValueError, match="sort must be"):
+        session.dataset_table(sort="name")  # type: ignore[arg-type]
+
+
+def test_summary_is_fig2_of_the_index(built, session):
+    explainer = built[0]
+    idx = ProfileIndex.open(built[3])
+    z = _standardized(built)
+    summary = session.dataset_summary()
+    assert summary["n_correct"] == int(idx.correct.sum()) and summary["n_incorrect"] == N - summary["n_correct"]
+    mean_sal = z.mean(axis=1)
+    assert summary["mean_saliency_correct"] == pytest.approx(mean_sal[idx.correct].mean(), rel=1e-4)
+    assert summary["mean_saliency_incorrect"] == pytest.approx(mean_sal[~idx.correct].mean(), rel=1e-4)
+    for key, group in (("y_correct", idx.correct), ("y_incorrect", ~idx.correct)):
+        mean = z[group].mean(axis=0)
+        # Sorted per layer by hand, layers left to right.
+        ref = np.concatenate([np.sort(mean[layer.offset : layer.offset + layer.n_filters])[::-1]
+                              for layer in explainer.index.layers])
+        np.testing.assert_allclose(summary[key], ref, rtol=1e-4, atol=1e-6)
+    assert summary["x"].shape == (explainer.index.n_filters,) and np.all(np.diff(summary["x"]) > 0)
+
+
+def test_pca_map_is_the_svd_projection(built, session):
+    z = _standardized(built)
+    centred = z - z.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    ref = u[:, :2] * s[:2]
+    got = session.dataset_map("pca")
+    assert got.shape == (N, 2)
+    for j in range(2):
+        sign = np.sign(got[:, j] @ ref[:, j])
+        np.testing.assert_allclose(got[:, j], sign * ref[:, j], rtol=1e-3, atol=1e-4)
+    assert session.dataset_map("pca") is got  # cached
+
+
+def test_umap_needs_umap_learn(session):
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        with pytest.raises(SessionError, match="umap-learn"):
+            session.dataset_map("umap")
+    else:
+        assert session.dataset_map("umap").shape == (N, 2)
+
+
+def test_neighbours_exclude_the_image_and_match_brute_force(built, session):
+    z = _standardized(built)
+    session.open_dataset_image(4)
+    assert session.dataset_index == 4
+    query = session.profile()  # standardized: the live analysis of image 4
+    found = session.neighbours(k=5)
+    ref = np.array([q @ query / (np.linalg.norm(q) * np.linalg.norm(query)) for q in z])
+    assert ref[4] > 0.999  # the index row of the same image is (almost) the query
+    ref[4] = -np.inf
+    assert [r["i"] for r in found] == np.argsort(-ref, kind="stable")[:5].tolist()
+    np.testing.assert_allclose([r["similarity"] for r in found], np.sort(ref)[::-1][:5], rtol=1e-4)
+    assert 4 not in [r["i"] for r in session.neighbours(k=N)]
+    assert len(session.neighbours(k=N)) == N - 1
+
+
+def test_index_from_env_and_data_stats_refused(built, monkeypatch):
+    explainer, ds, csv_path, idx = built
+    monkeypatch.setenv("PSAL_INDEX", str(idx))
+    s = Session(model=explainer, data=csv_path, image=ds.files[0], k=3)
+    assert s.index_dir == idx and len(s.dataset_rows()) == N
+    s.close()
+    with pytest.raises(SessionError, match="psal index"):
+        Session(model=explainer, data=csv_path, data_stats=idx, image=ds.files[0], k=3)
