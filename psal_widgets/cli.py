@@ -231,7 +231,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
-                      weights=args.weights, stats=args.stats, open_browser=args.open, preheat=not args.no_preheat)
+                      weights=args.weights, stats=args.stats, index=args.index, open_browser=args.open,
+                      preheat=not args.no_preheat)
     except DashboardError as err:
         raise CliError(str(err)) from err
     print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
@@ -352,10 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="efficientnet_lite0 (default), a torchvision name or timm:NAME")
     p.add_argument("--image", default=None, help="image to open first (default: the first of raw_images/)")
     p.add_argument("--data", default=None,
-                   help="labelled image set for the dataset browser and neighbours (CSV, ImageFolder, ILSVRC val)")
+                   help="labelled image set for the dataset browser, dataset view and neighbours (CSV, ImageFolder, "
+                        "ILSVRC val); its profile index is found or built at start (see --index)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--weights", default=None, help="weights file of a named model (.pth/.safetensors)")
     p.add_argument("--stats", default=None, help="helper-objects folder of the model (default: its own)")
+    p.add_argument("--index", default=None,
+                   help="profile-index folder of --data (psal index --out DIR; default: found or built at start)")
     p.add_argument("--offline", action="store_true",
                    help="never download a named model's weights (also PSAL_OFFLINE=1); the default never does")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")

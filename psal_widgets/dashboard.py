@@ -51,6 +51,7 @@ ENV_VARS: dict[str, str] = {
     "device": "PSAL_DEVICE",
     "weights": "PSAL_WEIGHTS",
     "stats": "PSAL_STATS",
+    "index": "PSAL_INDEX",
 }
 
 HOST = "127.0.0.1"
@@ -59,7 +60,8 @@ HOST = "127.0.0.1"
 # the comment is for whoever opens the file in Jupyter.
 _CODE = (
     "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
-    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS (unset = the defaults).\n"
+    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX\n"
+    "# (unset = the defaults).\n"
     "from psal_widgets import Explorer\n"
     "\n"
     "Explorer.from_env()"
@@ -200,6 +202,7 @@ def check_inputs(*, model: str | None = None, image: str | os.PathLike[str] | No
 def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | None = None,
                   data: str | os.PathLike[str] | None = None, device: str | None = None,
                   weights: str | os.PathLike[str] | None = None, stats: str | os.PathLike[str] | None = None,
+                  index: str | os.PathLike[str] | None = None,
                   base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of the Voila process: ``base`` (default ``os.environ``) plus ``PSAL_*``.
 
@@ -214,6 +217,7 @@ def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | N
         "device": device,
         "weights": None if weights is None else str(Path(weights).expanduser().resolve()),
         "stats": None if stats is None else str(Path(stats).expanduser().resolve()),
+        "index": None if index is None else str(Path(index).expanduser().resolve()),
     }
     for key, var in ENV_VARS.items():
         if values[key] is None:
@@ -337,7 +341,7 @@ def _wait_http(proc: subprocess.Popen, port: int, *, timeout: float, log_path: P
 def launch(*, port: int | None = None, model: str | None = None, image: str | os.PathLike[str] | None = None,
            data: str | os.PathLike[str] | None = None, device: str | None = None,
            weights: str | os.PathLike[str] | None = None, stats: str | os.PathLike[str] | None = None,
-           open_browser: bool = False,
+           index: str | os.PathLike[str] | None = None, open_browser: bool = False,
            notebook: str | os.PathLike[str] | None = None, preheat: bool = True, fill_delay: float = 60.0,
            check: bool = True, timeout: float = 60.0, log_path: str | os.PathLike[str] | None = None,
            extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
@@ -354,6 +358,9 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     weights, stats : path, optional
         Weights file of a named model and its helper-objects folder (``PSAL_WEIGHTS``,
         ``PSAL_STATS``).
+    index : path, optional
+        Profile-index folder of ``data`` (``psal index --out DIR``; ``PSAL_INDEX``); default: found
+        in the user cache or built when the explorer starts.
     open_browser : bool
         Open the URL in the default web browser once the server answers.
     notebook : path, optional
@@ -396,7 +403,10 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     elif _port_in_use(int(port)):
         raise DashboardError(f"port {port} on {HOST} is already in use; choose another --port or leave it out")
     port = int(port)
-    env = dashboard_env(model=model, image=image, data=data, device=device, weights=weights, stats=stats)
+    if index is not None and data is None:
+        raise ValueError("--index needs --data: the index is read for the dataset given with --data")
+    env = dashboard_env(model=model, image=image, data=data, device=device, weights=weights, stats=stats,
+                        index=index)
     env.update(extra_env or {})
     cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay) + list(extra_args)
     log = Path(log_path) if log_path is not None else Path(tempfile.gettempdir()) / f"psal-dashboard-{port}.log"

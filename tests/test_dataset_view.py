@@ -138,3 +138,89 @@ def test_index_from_env_and_data_stats_refused(built, monkeypatch):
     s.close()
     with pytest.raises(SessionError, match="psal index"):
         Session(model=explainer, data=csv_path, data_stats=idx, image=ds.files[0], k=3)
+
+
+def test_pca_of_a_wide_matrix_matches_the_svd():
+    """More filters than images (the real case: 800 x 21k) takes the Gram-matrix route."""
+    from psal_widgets.session.dataset import pca_2d
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(25, 300)) * np.linspace(4.0, 0.1, 300)
+    centred = z - z.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    got = pca_2d(z)
+    for j in range(2):
+        sign = np.sign(got[:, j] @ u[:, j])
+        np.testing.assert_allclose(got[:, j], sign * u[:, j] * s[j], rtol=1e-8, atol=1e-9)
+
+
+# -- the panel, headless ---------------------------------------------------------------------------
+def _click(figure, trace: int, point: int) -> None:
+    """What plotly's FigureWidget front end sends for a click on one point."""
+    data = figure.data[trace]
+    figure._js2py_pointsCallback = {
+        "event_type": "plotly_click",
+        "points": {"trace_indexes": [trace], "point_indexes": [point],
+                   "xs": [float(data.x[point])], "ys": [float(data.y[point])]},
+        "device_state": None,
+        "selector": None,
+    }
+
+
+@pytest.fixture(scope="module")
+def app(built):
+    from psal_widgets.widgets import Explorer
+
+    explainer, ds, csv_path, idx = built
+    s = Session(model=explainer, data=csv_path, index=idx, image=ds.files[0], k=3)
+    explorer = Explorer(session=s)
+    explorer.wait_idle(120)
+    yield explorer
+    explorer.close()
+    s.close()
+
+
+def test_panel_shows_the_session_and_opens_clicked_images(app):
+    from psal_widgets.viz.dataset import CORRECT_TRACE, CURRENT_TRACE, INCORRECT_TRACE
+    from psal_widgets.widgets.dataset_view import map_point
+
+    panel, s = app.dataset_panel, app.session
+    assert panel is not None and not panel.loaded
+    assert panel.widget in app.tabs.children
+    app.tabs.selected_index = list(app.tabs.children).index(panel.widget)  # first showing loads it
+    app.wait_idle(120)
+    assert panel.loaded
+    summary = s.dataset_summary()
+    fig = panel.summary_figure
+    np.testing.assert_allclose(fig.data[CORRECT_TRACE].y, summary["y_correct"])
+    np.testing.assert_allclose(fig.data[INCORRECT_TRACE].y, summary["y_incorrect"])
+    assert fig.data[CORRECT_TRACE].name == f"correct (n={summary['n_correct']})"
+    assert fig.data[INCORRECT_TRACE].name == f"incorrect (n={summary['n_incorrect']})"
+    # The map: every image once, on the trace of its group, at its PCA coordinates.
+    coords = s.dataset_map("pca")
+    rows = s.dataset_rows()
+    for i in range(N):
+        t, j = map_point(panel, i)
+        assert t == (CORRECT_TRACE if rows[i]["correct"] else INCORRECT_TRACE)
+        assert (panel.map_figure.data[t].x[j], panel.map_figure.data[t].y[j]) == pytest.approx(tuple(coords[i]))
+    assert panel.map_figure.layout.dragmode == "pan"
+    # The table lists the session's error table.
+    assert [v for _, v in panel.table.options] == [r["i"] for r in s.dataset_table(sort="loss")]
+    panel.only.value = "incorrect"
+    panel.sort.value = "mean_saliency"
+    app.wait_idle(60)
+    assert [v for _, v in panel.table.options] == [
+        r["i"] for r in s.dataset_table(sort="mean_saliency", only="incorrect")]
+    # A click on a map point opens that image; the star follows.
+    target = 7 if s.dataset_index != 7 else 8
+    t, j = map_point(panel, target)
+    _click(panel.map_figure, t, j)
+    app.wait_idle(60)
+    assert s.dataset_index == target and s.label_source == "known"
+    star = panel.map_figure.data[CURRENT_TRACE]
+    assert (star.x[0], star.y[0]) == pytest.approx(tuple(coords[target]))
+    # Picking a table row opens that image.
+    row = panel.table.options[-1][1]
+    panel.table.value = row
+    app.wait_idle(60)
+    assert s.dataset_index == row

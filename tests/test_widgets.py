@@ -128,7 +128,7 @@ def test_widget_modules_never_import_torch() -> None:
 
 
 WIDGETS = ROOT / "psal_widgets" / "widgets"
-PANELS = ("brush", "export", "images", "maps", "neighbours", "prediction", "profile", "prune")
+PANELS = ("brush", "dataset_view", "export", "images", "maps", "neighbours", "prediction", "profile", "prune")
 
 
 def _imported_modules(source: str) -> set[str]:
@@ -757,7 +757,12 @@ def test_from_env_reads_the_variables(monkeypatch) -> None:
     monkeypatch.delenv("PSAL_DATA", raising=False)
     monkeypatch.setenv("PSAL_DEVICE", "cpu")
     Probe.from_env()
-    assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu"}
+    monkeypatch.setenv("PSAL_INDEX", "idx")
+    for var in ("PSAL_WEIGHTS", "PSAL_STATS"):
+        monkeypatch.delenv(var, raising=False)
+    Probe.from_env()
+    assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu",
+                    "weights": None, "stats": None, "index": "idx"}
 
 
 def test_session_and_model_arguments_conflict() -> None:

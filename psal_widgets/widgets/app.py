@@ -27,6 +27,7 @@ import ipywidgets as W
 
 from .brush import BrushPanel
 from .common import close_widgets
+from .dataset_view import DatasetViewPanel
 from .export import ExportPanel
 from .host import ALL_STATE, Change, QuietWatcher, Signal, StateEvent
 from .html import esc
@@ -41,7 +42,7 @@ from .worker import Worker
 
 __all__ = ["Explorer"]
 
-_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE", "PSAL_WEIGHTS", "PSAL_STATS")
+_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE", "PSAL_WEIGHTS", "PSAL_STATS", "PSAL_INDEX")
 
 _CSS = """
 <style>
@@ -82,7 +83,11 @@ class Explorer(W.VBox):
     label : int or str, optional
         Class index, WordNet id or name; default the known label, else the prediction.
     data : path, optional
-        A labelled dataset with helper objects: enables the dataset browser and neighbours.
+        A labelled dataset: enables the dataset browser, the dataset view and neighbours, read
+        from its profile index (found in the user cache or built when the session is created:
+        minutes for hundreds of images on a CPU; see ``index``).
+    index : path, optional
+        A prebuilt profile index of ``data`` (``psal index --data DATA --out DIR``).
     device : str, optional
     session : Session, optional
         Use this session instead of creating one (then leave the other arguments unset). The
@@ -100,7 +105,7 @@ class Explorer(W.VBox):
         "State changed" events (:class:`~psal_widgets.widgets.host.StateEvent`), emitted on the
         worker thread; panels subscribe to it.
     profile_panel, brush_panel, maps_panel, prediction_panel, image_panel, prune_panel,
-    export_panel, neighbours_panel (None without a dataset), status : the panels
+    export_panel, neighbours_panel, dataset_panel (both None without a dataset), status : the panels
     worker : Worker
 
     Notes
@@ -123,10 +128,13 @@ class Explorer(W.VBox):
         *,
         weights: str | os.PathLike[str] | None = None,
         stats: str | os.PathLike[str] | None = None,
+        index: str | os.PathLike[str] | None = None,
         debounce: float = 0.15,
         raw_images: str | os.PathLike[str] | None = None,
     ) -> None:
-        if session is not None and any(v is not None for v in (model, image, label, data, device, weights, stats)):
+        if session is not None and any(
+            v is not None for v in (model, image, label, data, device, weights, stats, index)
+        ):
             raise ValueError(
                 "pass either session=... or model/image/label/data/device, not both "
                 "(set the image or label on the session first)"
@@ -150,7 +158,7 @@ class Explorer(W.VBox):
 
             def build() -> Session:
                 return Session(model=model, data=data, image=image, label=label, device=device,
-                               weights=weights, stats=stats if stats is not None else "auto")
+                               weights=weights, stats=stats if stats is not None else "auto", index=index)
 
             # Built on the worker: all torch work then runs on that one thread (see worker.py).
             try:
@@ -173,6 +181,12 @@ class Explorer(W.VBox):
         self.export_panel = ExportPanel(self, chart_html=self._chart_html, plotly_js=self._plotly_js)
         self.neighbours_panel = (
             NeighboursPanel(self, open_row=self.image_panel.open_row)
+            if getattr(session, "dataset", None) is not None
+            else None
+        )
+        # The dataset view computes on its first showing (see _tab_shown), never before the first map.
+        self.dataset_panel = (
+            DatasetViewPanel(self, open_row=self.image_panel.open_row)
             if getattr(session, "dataset", None) is not None
             else None
         )
@@ -222,10 +236,15 @@ class Explorer(W.VBox):
         if self.neighbours_panel is not None:
             tabs.insert(1, self.neighbours_panel.widget)
             titles.insert(1, "Neighbours")
+        if self.dataset_panel is not None:
+            tabs.insert(0, self.dataset_panel.widget)
+            titles.insert(0, "Dataset view")
         if self.image_panel.browser is not None:
             tabs.insert(0, self.image_panel.browser)
             titles.insert(0, "Dataset")
         self.tabs = W.Tab(children=tabs, titles=titles, layout=W.Layout(width="100%"))
+        if self.dataset_panel is not None:
+            self.tabs.observe(self._tab_shown, names="selected_index")
         # The tools under the chart: the right column (image, map, prediction, CAM) is taller
         # than the chart, so this fills the left column instead of leaving a blank band.
         left = W.VBox(
@@ -248,11 +267,18 @@ class Explorer(W.VBox):
         )
         return [header, toolbar, main]
 
+    def _tab_shown(self, change: dict[str, Any]) -> None:
+        """Load the dataset view the first time its tab is shown."""
+        panel = self.dataset_panel
+        i = change.get("new")
+        if panel is not None and i is not None and self.tabs.children[i] is panel.widget:
+            self.status.guard(lambda: panel.load(), "dataset view")()
+
     # -- construction from the environment (the Voila dashboard) ---------------------------------
     @classmethod
     def from_env(cls, **overrides: Any) -> Explorer:
         """An Explorer configured by PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS,
-        PSAL_STATS (unset or empty: the defaults); keyword arguments override them."""
+        PSAL_STATS, PSAL_INDEX (unset or empty: the defaults); keyword arguments override them."""
         names = {
             "PSAL_MODEL": "model",
             "PSAL_IMAGE": "image",
@@ -260,6 +286,7 @@ class Explorer(W.VBox):
             "PSAL_DEVICE": "device",
             "PSAL_WEIGHTS": "weights",
             "PSAL_STATS": "stats",
+            "PSAL_INDEX": "index",
         }
         kwargs: dict[str, Any] = {arg: (os.environ.get(var) or None) for var, arg in names.items()}
         kwargs.update(overrides)
@@ -316,6 +343,7 @@ class Explorer(W.VBox):
                 "prune_panel",
                 "export_panel",
                 "neighbours_panel",
+                "dataset_panel",
             )
         ]
         # Not self: close_widgets would call this method again; the VBox itself closes last.
