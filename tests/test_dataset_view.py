@@ -224,3 +224,18 @@ def test_panel_shows_the_session_and_opens_clicked_images(app):
     panel.table.value = row
     app.wait_idle(60)
     assert s.dataset_index == row
+
+
+def test_dashboard_passes_the_index(tmp_path):
+    from pathlib import Path
+
+    from psal_widgets import dashboard
+    from psal_widgets.cli import build_parser
+
+    env = dashboard.dashboard_env(data="d.csv", index="idx", base={"PSAL_INDEX": "leaked"})
+    assert env["PSAL_INDEX"] == str(Path("idx").resolve())
+    assert "PSAL_INDEX" not in dashboard.dashboard_env(data="d.csv", base={"PSAL_INDEX": "leaked"})
+    args = build_parser().parse_args(["dashboard", "--data", "d.csv", "--index", "idx"])
+    assert args.index == "idx"
+    with pytest.raises(ValueError, match="--index needs --data"):
+        dashboard.launch(index=tmp_path, check=False, quiet=True)
