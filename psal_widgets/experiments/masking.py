@@ -114,7 +114,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     import torch
 
     from ..kernels.profiles import filter_profiles
-    from ..viz.heatmap import mask_top_percent
+    from ..viz.heatmap import mask_top_percent, saliency_heatmap
 
     ex = ctx.explainer
     if ex.stats is None:
@@ -168,7 +168,8 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
             "raw_saliency_drop_top_pct": raw_drops[0], "raw_saliency_drop_random_pct": raw_drops[1],
         }
         per.append(row)
-        shown[r] = {"image": a.image, "heat": heat, "top": top, "random": rnd}
+        # The figure shows the paper's visualization (percentile clipping), which reads better than the ranking map.
+        shown[r] = {"image": a.image, "heat": saliency_heatmap(grad), "top": top, "random": rnd}
 
     result = _aggregate(ctx, per, which=which, percent=percent, k=k, boost=boost, gain=gain, n_pixels=n_pixels)
     if per:
