@@ -1,4 +1,4 @@
-"""masking (paper §3.4 / A.8-A.9): pixel counts, the no-op case, the paired test, keys; a qualitative claim on real images."""
+"""masking (paper §3.4 / A.8-A.9): pixel counts, the no-op case, the paired test, keys; real images."""
 from __future__ import annotations
 
 import itertools

@@ -51,7 +51,8 @@ def _float_list(text: str) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=_float_list, default=[1e-4, 1e-3, 1e-2],
-                        help="L2 radii of the perturbation, comma-separated (default 1e-4,1e-3,1e-2; the paper's is 1e-4)")
+                        help="L2 radii of the perturbation, comma-separated "
+                             "(default 1e-4,1e-3,1e-2; the paper's is 1e-4)")
     parser.add_argument("--steps", type=int, default=10, help="projected gradient steps (default 10)")
     parser.add_argument("--direction", choices=["max", "min"], default="max",
                         help="maximize (default) or minimize the loss")

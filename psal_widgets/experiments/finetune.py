@@ -152,7 +152,14 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     import torch
 
     from ..data import open_dataset
-    from ..kernels.finetune import batched_probs, detached_parameters, filter_step, loss_gradients, raw_profile, step_norm
+    from ..kernels.finetune import (
+        batched_probs,
+        detached_parameters,
+        filter_step,
+        loss_gradients,
+        raw_profile,
+        step_norm,
+    )
 
     ex = ctx.explainer
     if ex.stats is None:

@@ -135,7 +135,9 @@ def _summary(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _figures(ctx: ExperimentContext, res: dict[str, Any], images: list[np.ndarray], shown: list[list[np.ndarray]]) -> None:
+def _figures(
+    ctx: ExperimentContext, res: dict[str, Any], images: list[np.ndarray], shown: list[list[np.ndarray]]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)

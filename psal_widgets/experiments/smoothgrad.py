@@ -134,7 +134,8 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
 
 
 def _summary(res: dict[str, Any]) -> list[str]:
-    lines = [f"{res['n_correct']} correct, {res['n_incorrect']} incorrect images; {res['n_samples']} noisy copies each; "
+    lines = [f"{res['n_correct']} correct, {res['n_incorrect']} incorrect images; "
+             f"{res['n_samples']} noisy copies each; "
              f"vanilla mean standardized saliency: correct {res['mean_saliency_correct_vanilla']:+.3f}, "
              f"incorrect {res['mean_saliency_incorrect_vanilla']:+.3f}"]
     for j, noise in enumerate(res["noise"]):
@@ -143,7 +144,8 @@ def _summary(res: dict[str, Any]) -> list[str]:
             f"noise {noise:g}: cosine {c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}], "
             f"top-{res['top_k']} overlap {100 * o['mean']:.1f}%, noisy copies keep the prediction "
             f"{100 * res['noisy_prediction_agreement'][j]:.0f}%; SmoothGrad mean saliency correct "
-            f"{res['mean_saliency_correct_smoothgrad'][j]:+.3f}, incorrect {res['mean_saliency_incorrect_smoothgrad'][j]:+.3f}")
+            f"{res['mean_saliency_correct_smoothgrad'][j]:+.3f}, "
+            f"incorrect {res['mean_saliency_incorrect_smoothgrad'][j]:+.3f}")
     return lines
 
 

@@ -50,7 +50,9 @@ def model_stages(model: nn.Module, *, expand: Sequence[str] = ("blocks",)) -> li
         if not _has_params(child):
             continue
         if name in expand and isinstance(child, (nn.Sequential, nn.ModuleList)):
-            stages.extend(Stage(f"{name}.{sub}", (f"{name}.{sub}",)) for sub, m in child.named_children() if _has_params(m))
+            stages.extend(
+                Stage(f"{name}.{sub}", (f"{name}.{sub}",)) for sub, m in child.named_children() if _has_params(m)
+            )
         elif _norm_only(child) and stages:
             prev = stages[-1]
             stages[-1] = Stage(prev.name, (*prev.modules, name))
@@ -79,7 +81,9 @@ def randomize_stages(model: nn.Module, stages: Sequence[Stage], *, seed: int = 0
     return model
 
 
-def cascade(model: nn.Module, stages: Sequence[Stage] | None = None, *, seed: int = 0) -> Iterator[tuple[int, nn.Module]]:
+def cascade(
+    model: nn.Module, stages: Sequence[Stage] | None = None, *, seed: int = 0
+) -> Iterator[tuple[int, nn.Module]]:
     """The cascading randomization: yields ``(n, copy)`` for n = 0 (the model itself, untouched)
     and then with the last 1, 2, ... stages randomized (from the logits down), each copy in eval mode.
 
