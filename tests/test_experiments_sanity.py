@@ -63,6 +63,7 @@ def test_sanity_experiment(tmp_path):
     assert res["n_randomized"] == [0, 1, 2, 3, 4] and res["randomized"] == ["fc", "pw", "dw", "conv1"]
     assert res["map_spearman"][0]["mean"] == pytest.approx(1.0)
     assert res["profile_cosine"][0]["mean"] == pytest.approx(1.0)
+    assert res["profile_cosine_raw"][0]["mean"] == pytest.approx(1.0)
     assert res["prediction_kept"][0] == 1.0
     if res["map_ssim"] is not None:
         assert res["map_ssim"][0]["mean"] == pytest.approx(1.0)

@@ -22,6 +22,10 @@ JSON keys (besides the provenance added by the framework)
     0 .. number of stages; every list below is aligned with it.
 ``map_spearman``, ``profile_cosine``, ``top_k_overlap`` : list of dict
     ``{mean, ci_low, ci_high, n}`` over the images.
+``profile_cosine_raw`` : list of dict
+    Cosine similarity of the raw profiles. The standardized one has a floor: once a randomized
+    model's raw saliencies are small next to the statistics' means, every standardized profile is
+    close to ``-μ/σ``, the same vector for both models.
 ``map_ssim`` : list of dict, or None without scikit-image.
 ``prediction_kept`` : list of float
     Share of images whose top-1 class is the original model's.
@@ -71,7 +75,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     xs = [data[r] for r in range(len(data))]
     n_steps = len(stages) + 1
     shape = (n_steps, len(data))
-    rho, ss, cos, over, kept = (np.full(shape, np.nan) for _ in range(5))
+    rho, ss, cos, cos_raw, over, kept = (np.full(shape, np.nan) for _ in range(6))
     originals: list[dict[str, Any]] = [{} for _ in xs]
     shown: list[list[np.ndarray]] = [[] for _ in range(min(n_examples, len(xs)))]
 
@@ -87,16 +91,18 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
             finally:
                 sal.release()
             profile = sal.values.cpu().double().numpy()
+            raw = sal.raw.cpu().double().numpy()
             amap = np.abs(grad).max(axis=0)
             ok = bool(np.isfinite(amap).all() and np.isfinite(profile).all())
             heat = saliency_heatmap(grad) if ok else np.zeros(amap.shape, dtype=np.float32)
             pred = int(sal.logits.argmax())
             if n == 0:
-                originals[r] = {"map": amap, "heat": heat, "profile": profile, "pred": pred}
+                originals[r] = {"map": amap, "heat": heat, "profile": profile, "raw": raw, "pred": pred}
             o = originals[r]
             if ok:
                 rho[n, r] = spearman(amap, o["map"])
                 cos[n, r] = cosine_similarity(profile, o["profile"])
+                cos_raw[n, r] = cosine_similarity(raw, o["raw"])
                 over[n, r] = top_k_overlap(profile, o["profile"], k)
                 if ssim is not None:
                     ss[n, r] = float(ssim(heat, o["heat"], data_range=1.0))
@@ -112,6 +118,7 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         "map_spearman": [mean_ci(v, rng=boot) for v in rho],
         "map_ssim": None if ssim is None else [mean_ci(v, rng=boot) for v in ss],
         "profile_cosine": [mean_ci(v, rng=boot) for v in cos],
+        "profile_cosine_raw": [mean_ci(v, rng=boot) for v in cos_raw],
         "top_k_overlap": [mean_ci(v, rng=boot) for v in over],
         "prediction_kept": [float(np.mean(v)) if v.size else float("nan") for v in kept],
         "k": k,
@@ -131,7 +138,8 @@ def _summary(res: dict[str, Any]) -> list[str]:
         what = "none" if n == 0 else f"top {n} (down to {res['randomized'][n - 1]})"
         ssim = "" if res["map_ssim"] is None else f", SSIM {res['map_ssim'][n]['mean']:.3f}"
         lines.append(f"randomized {what}: map Spearman {res['map_spearman'][n]['mean']:.3f}{ssim}, profile cosine "
-                     f"{res['profile_cosine'][n]['mean']:.3f}, prediction kept {100 * res['prediction_kept'][n]:.0f}%")
+                     f"{res['profile_cosine'][n]['mean']:.3f} (raw {res['profile_cosine_raw'][n]['mean']:.3f}), "
+                     f"prediction kept {100 * res['prediction_kept'][n]:.0f}%")
     return lines
 
 
@@ -144,15 +152,14 @@ def _figures(
     import matplotlib.pyplot as plt
     import plotly.graph_objects as go
 
-    from ..viz.heatmap import overlay
-
     cols = len(res["n_randomized"]) + 1
     fig, axes = plt.subplots(len(shown), cols, figsize=(1.9 * cols, 2.1 * len(shown)), squeeze=False)
     for row, (img, maps) in enumerate(zip(images, shown)):
         axes[row, 0].imshow(img)
         axes[row, 0].set_title("image", fontsize=7)
         for n, heat in enumerate(maps):
-            axes[row, n + 1].imshow(overlay(img, heat, weighted=True))
+            # The map alone (not an overlay): faint maps stay visible as they degrade.
+            axes[row, n + 1].imshow(heat, cmap="inferno", vmin=0.0, vmax=1.0)
             title = "original" if n == 0 else f"+ {res['randomized'][n - 1]}"
             axes[row, n + 1].set_title(title, fontsize=7)
         for ax in axes[row]:
