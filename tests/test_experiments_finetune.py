@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,13 @@ from psal_widgets.kernels.finetune import detached_parameters, filter_step, loss
 
 from .conftest import VAL800, make_tiny, needs_data
 from .experiment_helpers import run_tiny
+
+
+@pytest.fixture(autouse=True)
+def _no_profile_index(monkeypatch):
+    """Neighbour pools through finetune's own profile computation (its fallback), so that these tests
+    neither depend on nor write a profile index in the user cache."""
+    monkeypatch.setitem(sys.modules, "psal_widgets.index", None)
 
 
 def _conv_channels(net: nn.Module) -> list[tuple[nn.Conv2d, int]]:

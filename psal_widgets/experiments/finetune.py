@@ -101,12 +101,11 @@ def _pool_profiles(ctx: ExperimentContext, pool: LabeledImages) -> tuple[np.ndar
     except ImportError:
         index_for = None
     if index_for is not None:
+        # index_for aligns the index with the dataset: row i is item i.
         idx = ctx.index if pool is ctx.dataset else index_for(
             ex, pool, path=None, batch_size=ctx.config.batch_size, progress=ctx.config.progress)
-        rows = idx.rows_for(pool.relative_files()) if len(idx.files) != len(pool) else None
-        std = np.asarray(idx.standardized(ex.stats, rows=rows), dtype=np.float32)
-        sel = slice(None) if rows is None else np.asarray(rows)
-        return std, np.asarray(idx.label)[sel].astype(np.int64), np.asarray(idx.correct)[sel].astype(bool)
+        std = np.asarray(idx.standardized(ex.stats), dtype=np.float32)
+        return std, np.asarray(idx.label, dtype=np.int64), np.asarray(idx.correct, dtype=bool)
     return _computed_profiles(ctx, pool)
 
 
