@@ -310,7 +310,9 @@ def _figures(ctx: ExperimentContext, res: dict[str, Any]) -> None:
         w = res["whole_network"][metric]
         ax.axhline(w, color="k", linestyle="--", label="whole network")
         pfig.add_hline(y=w, line_dash="dash", row=1, col=col + 1)
+        # Explicit limits: with all-NaN curves (no neighbours) autoscaling would leave a log axis empty.
         ax.set_xscale("log")
+        ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
         ax.set_xlabel("number of updated filters k")
         ax.set_title(title)
         pfig.update_xaxes(type="log", title_text="k", row=1, col=col + 1)
