@@ -353,6 +353,9 @@ class Preprocess:
         """JSON-ready form (lists for mean/std)."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["crop_mode"] == "center":
+            # The default is left out, so metadata written before crop_mode existed still matches.
+            del d["crop_mode"]
         return d
 
     @classmethod

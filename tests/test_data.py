@@ -269,12 +269,13 @@ def test_preprocess_dict_roundtrip():
     )
     d = json.loads(json.dumps(pre.to_dict()))
     assert d == {
-        "resize": 292, "crop": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
-        "crop_mode": "center",
+        "resize": 292, "crop": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"
     }
     again = Preprocess.from_dict(d)
     assert again == pre and hash(again) == hash(pre)
     assert Preprocess.from_dict({}) == Preprocess()
+    squash = Preprocess(crop_mode="squash")
+    assert Preprocess.from_dict(json.loads(json.dumps(squash.to_dict()))) == squash
     with pytest.raises(ValueError, match="unknown preprocessing keys"):
         Preprocess.from_dict({**d, "resize_mode": "x"})
 
