@@ -204,6 +204,11 @@ def test_unsupported_convs_fall_back_under_auto(net):
 
 @pytest.mark.slow
 def test_every_path_matches_the_loop_on_the_default_model(default_explainer):
+    """Forced paths on 4 real photos. In float64 all agree with the loop to 1e-4 (in fact ~1e-12). In float32
+    every path, the loop included, is ~2e-3 per layer off the float64 profile (rounding in a 49-layer
+    forward), so there each path must be as close to the float64 truth as the float32 loop is."""
+    import copy
+
     from psal_widgets.data import load_image
 
     model = default_explainer.model
@@ -212,8 +217,12 @@ def test_every_path_matches_the_loop_on_the_default_model(default_explainer):
     x = torch.stack([model.preprocess(load_image(p)) for p in files]).to(model.device)
     y = torch.tensor([281, 967, 652, 657])  # tabby, espresso, military uniform, missile (sorted file names)
     index = FilterIndex(model.module)
-    ref = filter_profiles(model.module, x, y, index=index, mode="raw", strategy="loop").raw
-    assert ref.shape == (4, 21008)
+    net64 = copy.deepcopy(model.module).double()
+    truth = filter_profiles(net64, x.double(), y, index=index, mode="raw", strategy="loop").raw
+    assert truth.shape == (4, 21008)
+    loop32 = _rel_err(truth, filter_profiles(model.module, x, y, index=index, mode="raw", strategy="loop").raw, index)
     for strategy in ("vmap", "hooks", "auto"):
-        got = filter_profiles(model.module, x, y, index=index, mode="raw", strategy=strategy).raw
-        assert _rel_err(ref, got, index) <= 1e-4, strategy
+        got64 = filter_profiles(net64, x.double(), y, index=index, mode="raw", strategy=strategy).raw
+        assert _rel_err(truth, got64, index) <= 1e-4, strategy
+        got32 = filter_profiles(model.module, x, y, index=index, mode="raw", strategy=strategy).raw
+        assert _rel_err(truth, got32, index) <= 1.5 * loop32 + 1e-5, strategy
