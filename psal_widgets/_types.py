@@ -11,9 +11,10 @@ import numpy as np
 Mode = Literal["std", "raw", "norm", "signed"]
 MODES: tuple[str, ...] = ("std", "raw", "norm", "signed")
 
-#: Per-sample strategy for profiles of a batch: a plain loop (fastest on CPU) or
-#: ``torch.func.vmap`` (pays on a GPU); ``auto`` picks by device.
-Strategy = Literal["auto", "loop", "vmap"]
+#: Per-sample strategy for profiles of a batch: a plain per-image loop, ``torch.func.vmap``, or
+#: ``hooks`` (one batched forward + backward, per-sample conv weight gradients from module hooks);
+#: ``auto`` picks the fastest exact one for the device (hooks where the model's convs allow it).
+Strategy = Literal["auto", "loop", "vmap", "hooks"]
 
 #: CAM methods offered through the ``grad-cam`` package.
 CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]

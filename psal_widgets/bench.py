@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["run_bench", "time_median"]
+__all__ = ["machine_info", "run_bench", "time_median"]
 
 
 def time_median(fn: Callable[[], object], *, repeat: int, warmup: int = 1, sync: torch.device | None = None) -> float:
@@ -92,6 +92,106 @@ def _bench_kernels(model_name: str, *, repeat: int, device: str | None, random_w
     res["ratio_vmap_over_loop"] = res["profile_batch8_vmap_s_per_img"] / res["profile_batch8_loop_s_per_img"]
     res["ratio_new_image_over_new_set"] = res["saliency_new_image_s"] / res["saliency_new_filter_set_s"]
     res["ratio_new_set_over_basis"] = res["saliency_new_filter_set_s"] / res["basis_filter_set_s"]
+    return res
+
+
+def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
+    """CPU model, cores, torch version, threads and the compute device, for every JSON report."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "device": str(device or "cpu")}
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], *, repeat: int, sync: torch.device) -> dict[str, float]:
+    """Median time of each variant, run round-robin after one warm-up of each.
+
+    Round-robin so that load from other processes on this shared machine hits every variant alike.
+    """
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(repeat + 1):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if sync.type == "cuda":
+                torch.cuda.synchronize(sync)
+            if r:  # round 0 is the warm-up
+                times[key].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _bench_stats(model_name: str, *, repeat: int, device: str | None, random_weights: bool,
+                 batch_size: int = 16, vmap_batch: int | None = None) -> dict[str, Any]:
+    """Per-image cost of the statistics / index computation against the original loop and a training step."""
+    from ._types import Strategy
+    from .kernels.filters import FilterIndex
+    from .kernels.profiles import _resolve_strategy, filter_profiles
+    from .kernels.persample import hooks_supported
+    from .models import load_model
+
+    model = load_model(model_name, random_weights=random_weights, device=device)
+    net, dev = model.module, model.device
+    index = FilterIndex(net)
+    crop = model.preprocess.crop
+    gen = torch.Generator().manual_seed(0)
+    b = batch_size
+    x = torch.randn(b, 3, crop, crop, generator=gen).to(dev)
+    y = torch.randint(0, 1000, (b,), generator=gen).to(dev)
+    # vmap holds [B, *every conv weight] at once and is slow on CPU: a smaller batch keeps it affordable.
+    vb = min(b, vmap_batch or (4 if dev.type == "cpu" else b))
+    params = [p for p in net.parameters()]
+    was_training, flags = net.training, [p.requires_grad for p in params]
+    net.eval()
+
+    def original() -> None:
+        # The original code's find_testset_saliency: per image, create_graph on every parameter.
+        for i in range(b):
+            loss = F.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            torch.cat([g.abs().flatten(1).mean(1) for g in grads if g.dim() == 4])
+
+    def batched_step() -> None:
+        # The practical limit: one batched forward + backward of the summed loss, every parameter's gradient.
+        loss = F.cross_entropy(net(x), y, reduction="sum")
+        torch.autograd.grad(loss, params)
+
+    def profiles(strategy: Strategy, n: int) -> Callable[[], object]:
+        return lambda: filter_profiles(net, x[:n], y[:n], index=index, mode="raw", strategy=strategy)
+
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        per_batch = _interleaved({"ours": profiles("auto", b), "original": original, "batched_step": batched_step,
+                                  "loop": profiles("loop", b), "hooks": profiles("hooks", b),
+                                  "vmap": profiles("vmap", vb)}, repeat=repeat, sync=dev)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        net.train(was_training)
+    auto = _resolve_strategy("auto", dev)
+    if auto == "hooks" and not hooks_supported(net, index):
+        auto = "loop" if dev.type == "cpu" else "vmap"
+    res: dict[str, Any] = {"model": model.name, "device": str(dev), "threads": torch.get_num_threads(),
+                           "n_filters": index.n_filters, "repeat": repeat, "batch_size": b, "vmap_batch_size": vb,
+                           "auto_strategy": auto, "machine": machine_info(dev)}
+    for key, sec in per_batch.items():
+        res[f"{key}_s_per_img"] = sec / (vb if key == "vmap" else b)
+    ours = res["ours_s_per_img"]
+    res["ratio_ours_over_batched_step"] = ours / res["batched_step_s_per_img"]
+    res["ratio_original_over_ours"] = res["original_s_per_img"] / ours
+    res["ratio_loop_over_ours"] = res["loop_s_per_img"] / ours
+    res["ratio_vmap_over_ours"] = res["vmap_s_per_img"] / ours
     return res
 
 
@@ -223,12 +323,15 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
 
     ``kernels``: the compute core (``repeat`` runs each). ``click``: filter click -> new map in
     the explorer, in process (``clicks`` timed clicks). ``dashboard``: ``psal dashboard`` in
-    Chromium, page open -> interactive chart and ``clicks`` clicks -> new map.
+    Chromium, page open -> interactive chart and ``clicks`` clicks -> new map. ``stats``: per-image
+    cost of the statistics / index profiles (``filter_profiles`` with ``auto``, batch 16) against
+    the original loop, a batched training step, and each strategy, side by side.
     """
     if clicks < 1:
         raise ValueError(f"--clicks must be at least 1, got {clicks}")
     if what == "click":
         res = _bench_click(model_name, clicks=clicks, device=device, random_weights=random_weights)
+        res.setdefault("machine", machine_info(res.get("device")))
         c = res["click_to_map"]
         print(f"psal bench click: {res['model']} on {res['device']} ({res['threads']} threads), explorer in process, "
               f"{c['n']} clicks after one warm-up")
@@ -242,6 +345,7 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
         return res
     if what == "dashboard":
         res = _bench_dashboard(model_name, clicks=clicks, device=device)
+        res.setdefault("machine", machine_info(device))
         c = res["browser_click_to_map"]
         print(f"psal bench dashboard: {res['model']} in Voila + Chromium (preheated kernel), page opened as soon "
               "as the server answered")
@@ -255,9 +359,33 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
         print(f"  targets: page -> interactive <= 20 s {'met' if ok_page else 'MISSED'}; "
               f"click -> map median <= 1.5 s {'met' if c['median_s'] <= 1.5 else 'MISSED'}")
         return res
+    if what == "stats":
+        res = _bench_stats(model_name, repeat=repeat, device=device, random_weights=random_weights)
+        m = res["machine"]
+        print(f"psal bench stats: {res['model']} on {res['device']} ({m['cpu']}, {m['cores']} cores, "
+              f"{res['threads']} threads, torch {m['torch']}), batch {res['batch_size']}, "
+              f"median of {repeat} round-robin runs after a warm-up; auto = {res['auto_strategy']}")
+        rows = [
+            ("ours: filter_profiles, strategy auto", "ours_s_per_img"),
+            ("original loop (create_graph, all params)", "original_s_per_img"),
+            ("batched training step (B forward+backward)", "batched_step_s_per_img"),
+            ("per-image loop (strategy loop)", "loop_s_per_img"),
+            ("hooks (strategy hooks)", "hooks_s_per_img"),
+            (f"vmap (strategy vmap, batch {res['vmap_batch_size']})", "vmap_s_per_img"),
+        ]
+        for name, key in rows:
+            print(f"  {name:<52} {res[key] * 1000:9.1f} ms/img")
+        ok_step = res["ratio_ours_over_batched_step"] <= 1.25
+        ok_orig = res["ratio_original_over_ours"] > 1.0
+        print(f"  ours / batched step {res['ratio_ours_over_batched_step']:.2f} (target <= 1.25: "
+              f"{'met' if ok_step else 'MISSED'}); original / ours {res['ratio_original_over_ours']:.2f} "
+              f"(target > 1: {'met' if ok_orig else 'MISSED'}); loop / ours {res['ratio_loop_over_ours']:.2f}; "
+              f"vmap / ours {res['ratio_vmap_over_ours']:.2f}")
+        return res
     if what != "kernels":
-        raise ValueError(f"unknown benchmark {what!r}; available: kernels, click, dashboard")
+        raise ValueError(f"unknown benchmark {what!r}; available: kernels, click, stats, dashboard")
     res = _bench_kernels(model_name, repeat=repeat, device=device, random_weights=random_weights)
+    res.setdefault("machine", machine_info(res.get("device")))
     print(f"psal bench kernels: {res['model']} on {res['device']} ({res['threads']} threads), "
           f"{res['n_filters']} filters, median of {repeat} after warm-up")
     rows = [

@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
-    p.add_argument("what", choices=["kernels", "click", "dashboard"], nargs="?", default="kernels",
+    p.add_argument("what", choices=["kernels", "click", "stats", "dashboard"], nargs="?", default="kernels",
                    help="kernels (compute core), click (filter click -> new map, in process), "
                         "dashboard (page load and clicks in Chromium)")
     p.add_argument("--model", default="efficientnet_lite0")

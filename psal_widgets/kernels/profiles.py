@@ -17,6 +17,7 @@ from .._types import Mode, Strategy
 from .filters import FilterIndex
 from .grad_mode import requires_grad
 from .standardize import profile_mode
+from .persample import HooksUnsupported, hooks_supported, profiles_hooks
 from .stats import FilterStats
 
 __all__ = ["ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize"]
@@ -93,10 +94,12 @@ def standardize(raw: Tensor, stats: FilterStats | None, mode: Mode) -> Tensor:
 
 def _resolve_strategy(strategy: Strategy, device: torch.device) -> str:
     if strategy == "auto":
-        # Per-sample vmap is slower than a loop on CPU (GUIDE §3) and pays on accelerators.
-        return "loop" if device.type == "cpu" else "vmap"
-    if strategy not in ("loop", "vmap"):
-        raise ValueError(f"unknown strategy {strategy!r}; choose auto, loop or vmap")
+        # Measured with `psal bench stats`: one batched forward + backward with per-sample weight
+        # gradients from hooks beats the per-image loop on this 2-core CPU, and on CUDA it is the
+        # path that batches without vmap's [B, *all conv weights] gradients in memory (docs/benchmarks.md).
+        return "hooks"
+    if strategy not in ("loop", "vmap", "hooks"):
+        raise ValueError(f"unknown strategy {strategy!r}; choose auto, loop, vmap or hooks")
     return strategy
 
 
@@ -125,7 +128,10 @@ def filter_profiles(
     stats : FilterStats, optional
         Validation statistics, needed for ``std`` and ``norm``. Not modified.
     mode : {"std", "raw", "norm", "signed"}
-    strategy : {"auto", "loop", "vmap"}
+    strategy : {"auto", "loop", "vmap", "hooks"}
+        ``hooks``: one batched forward + backward, per-sample conv weight gradients from module
+        hooks (:mod:`.persample`); ``auto`` takes it when every conv is supported, else the loop
+        (CPU) or vmap.
 
     Returns
     -------
@@ -140,10 +146,20 @@ def filter_profiles(
         raise ValueError(f"{images.shape[0]} images but {y.numel()} labels")
     signed = mode == "signed"
     how = _resolve_strategy(strategy, images.device)
+    fallback = "loop" if images.device.type == "cpu" else "vmap"
+    if how == "hooks" and strategy == "auto" and not hooks_supported(model, index):
+        how = fallback
     with eval_mode(model, index) as weights:
+        if how == "hooks":
+            try:
+                raw, logits = profiles_hooks(model, images, y, index, signed=signed)
+            except HooksUnsupported:
+                if strategy != "auto":
+                    raise
+                how = fallback  # found only while running (a conv called twice): the exact general path
         if how == "vmap":
             raw, logits = _profiles_vmap(model, images, y, index, signed)
-        else:
+        elif how == "loop":
             raws, outs = [], []
             for b in range(images.shape[0]):
                 logit = model(images[b : b + 1])
