@@ -620,6 +620,16 @@ class Session:
         }
 
     @_locked
+    def map_is_instant(self, filters: Sequence[int] | None = None) -> bool:
+        """Whether the map of F (or ``filters``) costs no backward pass now (cached, or inside
+        the basis): the widgets then skip their debounce delay."""
+        ids = list(self._selection.ids) if filters is None else check_ids(filters, self.n_filters)
+        st, s = self._st, self._settings
+        if not ids or ("map", st.generation, tuple(sorted(ids)), s.boost, s.percentile) in self._cache:
+            return True
+        return st.analysis.basis_covers(ids)
+
+    @_locked
     def map_note(self, filters: Sequence[int] | None = None) -> str | None:
         """Why the map of F (or ``filters``) is all zero, when it is exactly zero by construction
         (a set of dead filters, or the whole profile); None otherwise."""

@@ -147,13 +147,12 @@ class MapsPanel:
             png = png_bytes(s.input_overlay(filters))
             return png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode
 
-        self.host.worker.latest(
-            "map",
-            compute,
-            then=self._show_map,
-            delay=self.debounce if delay is None else delay,
-            what="input map",
-        )
+        if delay is None:
+            # The debounce gathers fast clicks before a backward pass; a map from the cache or the
+            # instant-map basis costs milliseconds, so it is not delayed.
+            instant = getattr(s, "map_is_instant", None)
+            delay = 0.0 if instant is not None and instant() else self.debounce
+        self.host.worker.latest("map", compute, then=self._show_map, delay=delay, what="input map")
 
     def _cam_target(self) -> int | str | None:
         """The class the CAM explains: the class box, or None (the label under study)."""
