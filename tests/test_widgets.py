@@ -269,7 +269,9 @@ def app(default_explainer, tmp_path_factory):
         ds = open_dataset(csv_path, labels=model.labels, preprocess=model.preprocess)
         build_index(model, ds, folder / "index", batch_size=6, progress=False)
         kwargs = {"data": csv_path, "index": folder / "index"}
-    session = Session(default_explainer, image=ROOT / "raw_images" / "chelsea.png", **kwargs)
+    # A small instant-map basis: its idle-time building would otherwise take CPU from every test.
+    session = Session(default_explainer, image=ROOT / "raw_images" / "chelsea.png", basis_k=4, basis_per_layer=0,
+                      **kwargs)
     explorer = Explorer(session=session)
     explorer.wait_idle(120)
     yield explorer
