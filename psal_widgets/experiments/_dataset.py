@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..kernels.stats import FilterStats
     from .base import ExperimentContext
 
-__all__ = ["DEPTHS", "boot_rng", "depth_ranges", "parse_ints", "require_stats", "thumbnail"]
+__all__ = ["DEPTHS", "boot_rng", "depth_ranges", "float_list", "int_list", "parse_ints", "require_stats", "thumbnail"]
 
 #: The three depth groups of the layers (first, middle and last third of the conv layers).
 DEPTHS: tuple[str, ...] = ("shallow", "middle", "deep")
@@ -45,6 +45,16 @@ def depth_ranges(index: FilterIndex) -> dict[str, tuple[int, int]]:
     conv layers (``numpy.array_split`` sizes: the first groups take the remainder)."""
     parts = np.array_split(np.arange(len(index.layers)), 3)
     return {name: (int(p[0]), int(p[-1])) for name, p in zip(DEPTHS, parts) if p.size}
+
+
+def float_list(text: str) -> list[float]:
+    """argparse ``type=`` for ``"1e-4,1e-2"`` -> ``[0.0001, 0.01]``."""
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """argparse ``type=`` for ``"10,100"`` -> ``[10, 100]``."""
+    return [int(v) for v in str(text).split(",") if v.strip()]
 
 
 def parse_ints(value: Any, *, name: str) -> list[int]:

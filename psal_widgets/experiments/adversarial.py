@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._dataset import float_list
 from ._images import progress, standardize_np
 from .similarity import cosine_similarity, top_k_overlap
 from .statistics import mean_ci
@@ -45,12 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "run"]
 
 
-def _float_list(text: str) -> list[float]:
-    return [float(v) for v in str(text).split(",") if v.strip()]
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eps", type=_float_list, default=[1e-4, 1e-3, 1e-2],
+    parser.add_argument("--eps", type=float_list, default=[1e-4, 1e-3, 1e-2],
                         help="L2 radii of the perturbation, comma-separated "
                              "(default 1e-4,1e-3,1e-2; the paper's is 1e-4)")
     parser.add_argument("--steps", type=int, default=10, help="projected gradient steps (default 10)")

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ._dataset import int_list
 from ._images import images, predict, progress, standardize_np
 from .statistics import mean_ci
 
@@ -69,12 +70,9 @@ Normalize = Literal["updated", "network"]
 _METRICS = ("corrected_pct", "true_conf_change", "nn_corrected_pct", "nn_true_conf_change")
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in str(text).split(",") if v.strip()]
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=_int_list, default=list(DEFAULT_K),
+    parser.add_argument("--k", type=int_list, default=list(DEFAULT_K),
                         help="numbers of filters to update, comma-separated (default 10,25,50,100,150,300)")
     parser.add_argument("--step", type=float, default=0.001,
                         help="L2 norm of the normalized step (default 0.001, the paper's for ResNet-50)")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._dataset import float_list
 from ._images import images, progress, standardize_np
 from .similarity import cosine_similarity, top_k_overlap
 from .statistics import mean_ci
@@ -45,13 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "run"]
 
 
-def _float_list(text: str) -> list[float]:
-    return [float(v) for v in str(text).split(",") if v.strip()]
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-samples", type=int, default=10, help="noisy copies per image (default 10)")
-    parser.add_argument("--noise", type=_float_list, default=[0.1],
+    parser.add_argument("--noise", type=float_list, default=[0.1],
                         help="noise levels as fractions of the input range, comma-separated (default 0.1; "
                              "the paper shows 0.01,0.05,0.1,0.5)")
     parser.add_argument("--top-k", type=int, default=100, help="size of the top sets compared (default 100)")
