@@ -413,6 +413,30 @@ def test_perturbation_adds_seeded_noise_to_the_chosen_rows_only(net):
     assert not torch.allclose(a, clean) and not torch.allclose(a, b)
 
 
+def _perturbed_by_params(pruner, x, sets, *, sigma, seed):
+    """Reference for the batched hooks: one functional_call per set on a new parameter dict."""
+    noise = pruner.noise(np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sets])), sigma=sigma, seed=seed)
+    params = dict(pruner.model.named_parameters())
+    with torch.no_grad():
+        return torch.cat([
+            torch.func.functional_call(
+                pruner.model, perturbed_parameters(params, pruner.index, pruner.targets, s, noise), (x.unsqueeze(0),)
+            )
+            for s in sets
+        ])
+
+
+def test_batched_perturbation_equals_one_parameter_dict_per_set(net):
+    index = FilterIndex(net)
+    x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(14))
+    pruner = FilterPruner(net, index, x)
+    sets = [[], [1], [1, 7], [0, 5, 12, 13], list(range(index.n_filters))]
+    batched = pruner.perturbed_logits_many(x, sets, sigma=0.3, seed=[2, 5], chunk=2)
+    reference = _perturbed_by_params(pruner, x, sets, sigma=0.3, seed=[2, 5])
+    torch.testing.assert_close(batched, reference, rtol=1e-5, atol=1e-6)
+    assert (batched[1:] - batched[0]).abs().amax(dim=1).min() > 1e-4  # every set moved the logits
+
+
 # -- the real default model ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lite0():
@@ -481,3 +505,23 @@ def test_default_model_batched_sets_and_a_dead_head(lite0):
     assert (dead - dead[0]).abs().max() == 0  # no information left: one output for every input
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.slow
+def test_default_model_batched_perturbation_matches_parameter_dicts(lite0):
+    # Depthwise convs, timm's SAME padding and the head: the hooks' extra convolution uses each
+    # module's own forward, so it must agree with editing the weights themselves.
+    model = lite0.module
+    index = FilterIndex(model)
+    x = torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(15))
+    pruner = FilterPruner(model, index, x)
+    rng = np.random.default_rng(1)
+    picks = [index.filter_id("conv_stem", 3), index.filter_id("blocks.1.0.conv_dw", 17),
+             index.filter_id("conv_head", 100)]
+    sets = [picks, rng.choice(index.n_filters, 50, replace=False)]
+    batched = pruner.perturbed_logits_many(x, sets, sigma=0.05, seed=7)
+    reference = _perturbed_by_params(pruner, x, sets, sigma=0.05, seed=7)
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        clean = model(x.unsqueeze(0))[0]
+    assert (batched - clean).abs().amax() > 1e-3

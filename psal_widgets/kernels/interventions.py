@@ -29,7 +29,8 @@ names (torchvision ResNet ``bn1``/``downsample.1``, timm ``BatchNormAct2d`` ...)
 Many filter sets are evaluated in ONE forward pass: the image is repeated once per set and each
 batch row gets its own channel mask (:meth:`FilterPruner.logits_many`). Parameter edits
 (paper-literal, Gaussian perturbation) go through ``torch.func.functional_call`` on new
-parameter dicts, one forward per set.
+parameter dicts, one forward per set, or, for the Gaussian perturbation of many sets, as one
+batched forward pass with per-row noise added by hooks (:meth:`FilterPruner.perturbed_logits_many`).
 """
 
 from __future__ import annotations
@@ -558,11 +559,13 @@ class FilterPruner:
         *,
         sigma: float,
         seed: int | Sequence[int] = 0,
+        chunk: int = 32,
     ) -> Tensor:
-        """Logits with Gaussian noise ``N(0, sigma²)`` added to each set's conv weights (A.6).
+        """Logits with Gaussian noise ``N(0, sigma²)`` added to each set's conv weights (A.6), batched.
 
         One noise draw (see :meth:`noise`) serves every set, so nested sets perturb their common
-        filters identically and the strategies are compared on the same noise.
+        filters identically and the strategies are compared on the same noise. The sets run as
+        one forward pass per ``chunk`` (see :meth:`_noise_hooks`).
 
         Parameters
         ----------
@@ -570,19 +573,75 @@ class FilterPruner:
         filter_sets : sequence of S sequences of int
         sigma : float
         seed : int or sequence of int
+        chunk : int
+            Sets per forward pass (memory: ``chunk`` images' activations).
 
         Returns
         -------
         Tensor, shape [S, C]
+            Row ``i`` equals a forward pass with ``perturbed_parameters(..., filter_sets[i], noise)``
+            (up to float rounding of batched convolutions).
         """
         self._check_eval()
         batch = x if x.dim() == 4 else x.unsqueeze(0)
-        everything = np.unique(np.concatenate([np.asarray(s, dtype=np.int64).reshape(-1) for s in filter_sets] or [[]]))
+        sets = [np.asarray(s, dtype=np.int64).reshape(-1) for s in filter_sets]
+        everything = np.unique(np.concatenate(sets or [np.zeros(0, dtype=np.int64)]))
         noise = self.noise(everything, sigma=sigma, seed=seed)
-        params = dict(self.model.named_parameters())
         outs = []
-        with torch.no_grad():
-            for ids in filter_sets:
-                p = perturbed_parameters(params, self.index, self.targets, ids, noise)
-                outs.append(functional_call(self.model, p, (batch,)))
-        return torch.cat(outs)
+        step = max(1, int(chunk))
+        for start in range(0, len(sets), step):
+            part = sets[start : start + step]
+            images = batch.expand(len(part), *batch.shape[1:]).contiguous()
+            with torch.no_grad(), self._noise_hooks(part, noise, images.device):
+                outs.append(self.model(images))
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    @contextlib.contextmanager
+    def _noise_hooks(self, sets: Sequence[np.ndarray], noise: dict[str, Tensor], device: torch.device) -> Iterator[None]:
+        """Forward hooks adding, in batch row ``i``, the noise of the filters of ``sets[i]``.
+
+        A convolution is linear in its weight and output channel ``c`` reads only weight row ``c``:
+        ``conv(x, W + N·m) = conv(x, W) + conv_nobias(x, N)·m`` for a 0/1 channel mask ``m``. So one
+        extra convolution of the layer's input with the noise, masked per row, gives every set's
+        perturbed layer in the same batch. The extra convolution is the module itself called
+        through ``functional_call`` (its own padding: timm's SAME, reflect...), with the hook
+        disabled during that call.
+        """
+        masks: dict[int, Tensor] = {}
+        for i, ids in enumerate(sets):
+            for pos, channels in _grouped(self.index, ids).items():
+                if pos not in masks:
+                    masks[pos] = torch.zeros(len(sets), self.index.layers[pos].n_filters)
+                masks[pos][i, torch.as_tensor(channels)] = 1.0
+        modules = dict(self.model.named_modules())
+        handles = []
+        busy: set[int] = set()
+
+        def hook_for(pos: int, mask: Tensor):
+            t = self.targets[pos]
+            weight = noise[t.weight]
+
+            def hook(module: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+                if pos in busy:
+                    return None
+                busy.add(pos)
+                try:
+                    extra = {"weight": weight.to(device=out.device, dtype=out.dtype)}
+                    if t.bias is not None:
+                        extra["bias"] = torch.zeros(out.shape[1], dtype=out.dtype, device=out.device)
+                    delta = functional_call(module, extra, inp)
+                finally:
+                    busy.discard(pos)
+                m = mask.to(dtype=out.dtype).view(mask.shape[0], mask.shape[1], *([1] * (out.dim() - 2)))
+                return out + delta * m
+
+            return hook
+
+        try:
+            for pos, mask in masks.items():
+                t = self.targets[pos]
+                handles.append(modules[t.conv].register_forward_hook(hook_for(pos, mask.to(device)), prepend=True))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
