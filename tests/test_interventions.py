@@ -415,7 +415,8 @@ def test_perturbation_adds_seeded_noise_to_the_chosen_rows_only(net):
 
 def _perturbed_by_params(pruner, x, sets, *, sigma, seed):
     """Reference for the batched hooks: one functional_call per set on a new parameter dict."""
-    noise = pruner.noise(np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sets])), sigma=sigma, seed=seed)
+    everything = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in sets]))
+    noise = pruner.noise(everything, sigma=sigma, seed=seed)
     params = dict(pruner.model.named_parameters())
     with torch.no_grad():
         return torch.cat([

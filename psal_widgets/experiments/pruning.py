@@ -102,7 +102,9 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
             if sigma is None:
                 logits = pruner.logits_many(x, sets, chunk=chunk)
             else:
-                logits = pruner.perturbed_logits_many(x, sets, sigma=float(sigma), seed=[ctx.config.seed, row], chunk=chunk)
+                logits = pruner.perturbed_logits_many(
+                    x, sets, sigma=float(sigma), seed=[ctx.config.seed, row], chunk=chunk
+                )
             probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64)
             before = probs[0]
             label, wrong = int(idx.label[row]), int(idx.pred[row])

@@ -597,7 +597,9 @@ class FilterPruner:
         return torch.cat(outs) if outs else torch.empty(0)
 
     @contextlib.contextmanager
-    def _noise_hooks(self, sets: Sequence[np.ndarray], noise: dict[str, Tensor], device: torch.device) -> Iterator[None]:
+    def _noise_hooks(
+        self, sets: Sequence[np.ndarray], noise: dict[str, Tensor], device: torch.device
+    ) -> Iterator[None]:
         """Forward hooks adding, in batch row ``i``, the noise of the filters of ``sets[i]``.
 
         A convolution is linear in its weight and output channel ``c`` reads only weight row ``c``:
