@@ -75,7 +75,7 @@ class BrushPanel:
         self._drag: list[tuple[float, float]] | None = None
 
         self.tool = W.ToggleButtons(
-            options=["box", "lasso"], value="box", style={"button_width": "52px"}
+            options=["box", "lasso"], value="box", style={"button_width": "60px"}
         )
         self.fill = W.Dropdown(
             options=["mean", "black", "blur"],
