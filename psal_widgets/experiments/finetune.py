@@ -48,9 +48,8 @@ JSON keys (besides the provenance added by the framework)
 """
 from __future__ import annotations
 
-import contextlib
-
 import argparse
+import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
