@@ -184,7 +184,8 @@ def save_stats(
     meta = dict(stats.meta)
     meta.setdefault("format", FORMAT)
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    # The sample count goes into every file, so that readers can tell files of two runs apart.
+    # One metadata key only: safetensors writes several in an arbitrary order, and the file's
+    # bytes must not depend on it (a resumed `psal stats` ends byte-identical to a plain run).
     header = {"format": FORMAT}
     if samples is not None:
         tensors["sample_label"] = torch.as_tensor(samples.label, dtype=torch.int64)
@@ -193,15 +194,13 @@ def save_stats(
         tensors["sample_prob_pred"] = torch.as_tensor(samples.prob_pred, dtype=torch.float32)
         meta["files"] = list(samples.files)
         meta["accuracy"] = float(np.mean(samples.correct)) if len(samples.files) else None
-        header["n"] = str(len(samples.files))
     tmp = temp_dir_beside(out)
     try:
         save_file(tensors, str(tmp / STATS_FILE), metadata=header)
         written = [STATS_FILE]
         if samples is not None and samples.profiles is not None:
             # Kept apart: large ([n, F] float16) and only needed for nearest-neighbour search.
-            save_file({"raw": torch.as_tensor(samples.profiles).contiguous()}, str(tmp / PROFILES_FILE),
-                      metadata=header)
+            save_file({"raw": torch.as_tensor(samples.profiles).contiguous()}, str(tmp / PROFILES_FILE))
             meta["profiles"] = PROFILES_FILE
             written.append(PROFILES_FILE)
         meta["checksums"] = file_records(tmp, written)
@@ -239,8 +238,7 @@ def _damaged(folder: Path, problem: str) -> StatsError:
     )
 
 
-def _check_consistent(folder: Path, tensors: dict[str, torch.Tensor], header: dict[str, str],
-                      meta: dict[str, Any]) -> None:
+def _check_consistent(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Raise :class:`StatsError` unless checksums (when recorded) and sample counts agree."""
     problem = check_files(folder, meta.get("checksums", {}))
     if problem is not None:
@@ -250,8 +248,6 @@ def _check_consistent(folder: Path, tensors: dict[str, torch.Tensor], header: di
         counts["meta.json n"] = int(meta["n"])
     if "files" in meta and "sample_label" in tensors:
         counts["meta.json files"] = len(meta["files"])
-    if "n" in header:
-        counts[f"{STATS_FILE} header"] = int(header["n"])
     for name in ("sample_label", "sample_pred", "sample_prob_label", "sample_prob_pred"):
         if name in tensors:
             counts[f"{STATS_FILE} {name}"] = int(tensors[name].shape[0])
@@ -290,13 +286,12 @@ def load_stats(
         )
     try:
         tensors = load_file(str(tensor_file))
-        header = _header(tensor_file)
         meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     except Exception as err:  # noqa: BLE001 - any reader failure means unusable statistics
         raise StatsError(f"cannot read statistics in {folder}: {err}") from err
     if "mean" not in tensors or "std" not in tensors:
         raise StatsError(f"{tensor_file} has no 'mean'/'std' tensors: not a psal statistics file")
-    _check_consistent(folder, tensors, header, meta)
+    _check_consistent(folder, tensors, meta)
     stats = FilterStats(tensors["mean"].to(torch.float64), tensors["std"].to(torch.float64), meta)
     if index is not None:
         stored = meta.get("layout", {})
@@ -324,14 +319,6 @@ def load_stats(
     return stats
 
 
-def _header(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file's header."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata() or {})
-
-
 def load_samples(stats_dir: str | os.PathLike[str]) -> SampleResults | None:
     """Per-sample results stored with the statistics, or ``None`` when there are none.
 
@@ -345,7 +332,7 @@ def load_samples(stats_dir: str | os.PathLike[str]) -> SampleResults | None:
     if "sample_label" not in tensors:
         return None
     meta = json.loads((folder / META_FILE).read_text())
-    _check_consistent(folder, tensors, _header(folder / STATS_FILE), meta)
+    _check_consistent(folder, tensors, meta)
     profiles_path = folder / PROFILES_FILE
     profiles = load_file(str(profiles_path))["raw"].numpy() if profiles_path.is_file() else None
     if profiles is not None and profiles.shape[0] != tensors["sample_label"].shape[0]:
