@@ -395,3 +395,24 @@ def test_cli_explain_with_custom_weights_finds_their_statistics(tmp_path):
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["stats"]["n"] == 3  # the custom statistics (3 images), not the shipped 800
+
+
+@pytest.mark.slow
+def test_cli_strict_stops_and_the_default_skips_and_says_so(tmp_path, capsys):
+    from psal_widgets.cli import main
+
+    _bad_dataset(tmp_path / "data")
+    rows = list(csv.reader((tmp_path / "data" / "labels.csv").open()))
+    with (tmp_path / "data" / "imagenet.csv").open("w", newline="") as fh:  # ImageNet class names
+        csv.writer(fh).writerows([rows[0], *([f, "tabby"] for f, _ in rows[1:])])
+    data = os.fspath(tmp_path / "data" / "imagenet.csv")
+    for command in ("stats", "index"):
+        assert main([command, "--data", data, "--strict", "--quiet", "--out", os.fspath(tmp_path / command)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("psal: error: ") and "img_002.png is truncated" in err and "--strict" in err
+        assert not (tmp_path / command).exists()
+    assert main(["stats", "--data", data, "--quiet", "--batch-size", "4", "--out", os.fspath(tmp_path / "s")]) == 0
+    captured = capsys.readouterr()
+    assert "9 images from" in captured.out and "(3 unreadable, skipped: listed in meta.json)" in captured.out
+    assert captured.err.count("psal: warning: skipped images/") == 3
+    assert {s["file"] for s in json.loads((tmp_path / "s" / "meta.json").read_text())["skipped"]} == set(BAD)
