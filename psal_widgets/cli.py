@@ -195,7 +195,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     info = idx.build_info
     n = len(idx)
     if info["status"] == "up to date":
-        print(f"{out}: already complete for these {n} images ({model.name}); --force rebuilds it")
+        skipped = f" ({len(idx.skipped)} more were unreadable and skipped)" if idx.skipped else ""
+        print(f"{out}: already complete for these {n} images{skipped} ({model.name}); --force rebuilds it")
     else:
         resumed = f", resumed at row {info['resumed_from']}" if info["resumed_from"] else ""
         secs = info["seconds"]
