@@ -22,8 +22,10 @@ as complete. Every ``checkpoint_every`` batches it flushes the arrays and record
 in ``progress.json`` (written atomically); the same command run again continues from there and
 finishes with files identical, byte for byte, to an uninterrupted run (each image's profile is
 computed on its own, so batch boundaries do not matter). A lock file stops two builds of the
-same folder from interleaving (:mod:`psal_widgets.atomic`, shared with ``psal stats``). Readers check that row counts and file sizes agree with the
-metadata (``verify=True`` also checks the sha256).
+same folder from interleaving (:mod:`psal_widgets.atomic`, shared with ``psal stats``). Readers
+check that row counts and file sizes agree with the metadata (``verify=True`` also checks the
+sha256). An image that cannot be read is skipped with a warning and recorded (``strict=True``
+stops instead).
 
 >>> idx = ProfileIndex.open("psal_out/index")
 >>> z = idx.standardized(explainer.stats)            # float32 [N, F]
