@@ -232,6 +232,8 @@ def compute_stats(
             batches += 1
             if ckpt is not None and batches % checkpoint_every == 0:
                 state.save(ckpt, key)
+        if ckpt is not None and batches % checkpoint_every:
+            state.save(ckpt, key)  # the whole pass: a crash while saving the results costs no compute
     finally:
         bar.close()
     moments = state.moments

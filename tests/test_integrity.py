@@ -77,6 +77,10 @@ BAD = {"images/img_002.png": "truncated or corrupt", "images/notes.jpg": "not an
        "images/empty.jpg": "empty (0 bytes)"}
 
 
+def _crash(*args, **kwargs):
+    raise OSError("simulated crash")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -92,10 +96,8 @@ def test_a_crash_between_the_two_writes_leaves_the_old_folder_intact(tmp_path, m
     save_stats(tmp_path / "h", old_stats, samples=old_samples)
     new_stats, new_samples = _stats(index, 5, seed=1)
 
-    def crash(path, meta):  # the tensors of the new run are written; the metadata never is
-        raise OSError("simulated crash after the tensor file")
-
-    monkeypatch.setattr(store_module, "_write_meta", crash)
+    # The tensors of the new run are written; the metadata never is.
+    monkeypatch.setattr(store_module, "_write_meta", _crash)
     with pytest.raises(OSError, match="simulated crash"):
         save_stats(tmp_path / "h", new_stats, samples=new_samples)
     monkeypatch.undo()
@@ -177,6 +179,22 @@ def test_interrupted_stats_resume_to_identical_bytes(tmp_path, monkeypatch):
     assert calls["n"] == -100 + 2  # only the two batches after the checkpoint were computed
     assert (tmp_path / "resumed" / STATS).read_bytes() == (tmp_path / "full" / STATS).read_bytes()
     assert not (tmp_path / ".resumed.partial").exists() and not (tmp_path / ".resumed.lock").exists()
+
+
+def test_a_crash_while_saving_the_results_keeps_the_work(tmp_path, monkeypatch):
+    model, ds, _ = _dataset(tmp_path / "data")
+    kw = dict(batch_size=4, progress=False, checkpoint_every=8, num_workers=0)  # fewer batches than the interval
+    run_stats(model, ds, tmp_path / "full", **kw)
+    monkeypatch.setattr(store_module, "_write_meta", _crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        run_stats(model, ds, tmp_path / "out", **kw)
+    monkeypatch.undo()
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(validation_module, "filter_profiles", _crash)  # nothing is recomputed
+    messages: list[str] = []
+    run_stats(model, ds, tmp_path / "out", notify=messages.append, **kw)
+    assert messages == ["psal: resuming from the checkpoint at image 10 of 10"]
+    assert (tmp_path / "out" / STATS).read_bytes() == (tmp_path / "full" / STATS).read_bytes()
 
 
 def test_a_checkpoint_of_other_options_is_ignored_with_a_message(tmp_path, monkeypatch):
