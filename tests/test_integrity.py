@@ -336,6 +336,29 @@ def test_index_skips_unreadable_images_and_rows_stay_aligned(tmp_path):
     assert ctx.dataset.relative_files() == rows.files and list(ctx.dataset.labels) == list(rows.label)
 
 
+def test_an_interrupted_index_build_keeps_its_record_of_skipped_images(tmp_path, monkeypatch):
+    import psal_widgets.index as index_module
+
+    model, ds, _ = _bad_dataset(tmp_path / "data")
+    full = index_module.build_index(model, ds, tmp_path / "full", batch_size=4, progress=False)
+    real, calls = index_module.filter_profiles, {"n": 0}
+
+    def dies_after_one(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "filter_profiles", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):  # after the batch that holds the truncated image
+        index_module.build_index(model, ds, tmp_path / "idx", batch_size=4, progress=False, checkpoint_every=1)
+    monkeypatch.undo()
+    idx = index_module.build_index(model, ds, tmp_path / "idx", batch_size=4, progress=False, checkpoint_every=1)
+    assert idx.build_info["resumed_from"] == 4 and idx.skipped == full.skipped and len(idx.skipped) == 3
+    for name in ("profiles.npy", "features.npy", "table.csv"):
+        assert (tmp_path / "idx" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+
+
 # -- 4. two runs into the same --out cannot interleave ----------------------------------------
 def test_a_live_lock_stops_a_second_run_and_a_dead_ones_is_taken_over(tmp_path):
     from psal_widgets.index import build_index
