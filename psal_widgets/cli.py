@@ -137,19 +137,28 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .models import load_model
-    from .store import save_stats, user_helper_objects
-    from .validation import compute_stats
+    from .store import check_replaceable, custom_stats_name, user_helper_objects
+    from .validation import run_stats
 
+    if args.batch_size < 1 or args.checkpoint_every < 1:
+        raise CliError(f"--batch-size and --checkpoint-every must be at least 1; got {args.batch_size}, "
+                       f"{args.checkpoint_every}")
+    if args.out:
+        check_replaceable(Path(args.out))  # before the model loads
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
-    out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    # Custom weights get their own folder (name@fingerprint), where the lookup finds them.
+    name = custom_stats_name(model.name, model.weights_id) if args.weights else model.name.replace(":", "_")
+    out = Path(args.out) if args.out else user_helper_objects() / name
     t0 = time.perf_counter()
-    stats, samples = compute_stats(model, dataset, batch_size=args.batch_size, progress=not args.quiet,
-                                   keep_profiles=args.profiles)
+    stats, samples = run_stats(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
+                               keep_profiles=args.profiles, checkpoint_every=args.checkpoint_every,
+                               strict=args.strict)
     seconds = time.perf_counter() - t0
-    save_stats(out, stats, samples=samples)
     acc = float(samples.correct.mean())
-    print(f"{model.name}: {stats.meta['n']} images from {dataset.description}")
+    skipped = stats.meta.get("skipped", [])
+    print(f"{model.name}: {stats.meta['n']} images from {dataset.description}"
+          + (f" ({len(skipped)} unreadable, skipped: listed in meta.json)" if skipped else ""))
     print(f"top-1 accuracy {acc:.1%} ({int((~samples.correct).sum())} mistakes); "
           f"{stats.meta['dead_filters']} of {stats.n_filters} filters have std 0")
     print(f"{seconds:.1f} s ({seconds / max(1, stats.meta['n']):.3f} s/image) on {model.device}")
@@ -173,24 +182,26 @@ def cmd_index(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Statistics are only read, for the summary line: the index itself never depends on them.
     stats = None
-    stats_dir = args.stats or default_stats_dir(model.name)
-    if stats_dir is not None:
-        try:
+    try:
+        stats_dir = args.stats or default_stats_dir(model.name, model.weights_id)
+        if stats_dir is not None:
             stats = load_stats(stats_dir, index=FilterIndex(model.module), weights_id=model.weights_id)
-        except StatsError:
-            if args.stats:
-                raise
+    except StatsError:
+        if args.stats:
+            raise
     out = Path(args.out) if args.out else default_index_dir(model, dataset)
     idx = build_index(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
-                      overwrite=args.force)
+                      overwrite=args.force, strict=args.strict)
     info = idx.build_info
     n = len(idx)
     if info["status"] == "up to date":
-        print(f"{out}: already complete for these {n} images ({model.name}); --force rebuilds it")
+        skipped = f" ({len(idx.skipped)} more were unreadable and skipped)" if idx.skipped else ""
+        print(f"{out}: already complete for these {n} images{skipped} ({model.name}); --force rebuilds it")
     else:
         resumed = f", resumed at row {info['resumed_from']}" if info["resumed_from"] else ""
         secs = info["seconds"]
-        print(f"{model.name}: {n} images from {dataset.description}{resumed}")
+        skipped = f" ({len(idx.skipped)} unreadable, skipped: listed in meta.json)" if idx.skipped else ""
+        print(f"{model.name}: {n} images from {dataset.description}{resumed}{skipped}")
         print(f"{secs:.1f} s ({secs / max(1, info['rows_computed']):.3f} s/image) on {model.device}")
     print(f"top-1 accuracy {float(idx.correct.mean()):.1%} ({int((~idx.correct).sum())} mistakes)")
     if stats is not None and idx.correct.any() and (~idx.correct).any():
@@ -320,13 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="per-filter validation statistics (helper objects) over a dataset")
     p.add_argument("--data", required=True, help="ImageFolder tree, CSV (file,label) or flat ILSVRC2012 val folder")
     model_opts(p)
-    p.add_argument("--out", default=None, help="output folder (default: the user cache)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the user cache, MODEL or, with --weights, MODEL@FINGERPRINT, "
+                        "where explain and the explorer look)")
     p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--profiles", action="store_true",
                    help="also keep every image's profile (profiles.safetensors, float16) for neighbour search")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: skip it with a warning, listed in meta.json)")
+    p.add_argument("--checkpoint-every", type=int, default=8,
+                   help="batches between checkpoints (.OUT.partial; the same command resumes there; default 8)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("index", help="per-image raw profiles, predictions and features of a dataset (for experiments)")
@@ -340,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this index")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: skip it with a warning, listed in meta.json)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("import-legacy", help="convert the original code's *_filter_wise.pth statistics")

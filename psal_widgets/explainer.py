@@ -58,7 +58,8 @@ class Explainer:
         A loaded model or a model name for :func:`psal_widgets.models.load_model`.
     stats : FilterStats, path, ``"auto"`` or None
         Validation statistics; ``"auto"`` looks for the model's helper objects
-        ($PSAL_HELPER_OBJECTS, the project's ``helper_objects/``, the user cache).
+        ($PSAL_HELPER_OBJECTS, the project's ``helper_objects/``, the user cache), skipping
+        those recorded for other weights (:func:`~psal_widgets.store.find_stats_dir`).
     mode : {"std", "raw", "norm", "signed"}
         Default profile mode; ``std`` and ``norm`` need statistics.
     device : str, optional
@@ -79,7 +80,8 @@ class Explainer:
         self.index = FilterIndex(self.model.module)
         self.mode: Mode = mode
         if stats == "auto":
-            found = default_stats_dir(self.model.name)
+            # Skips statistics of other weights: `psal stats --weights W` writes beside the model's own.
+            found = default_stats_dir(self.model.name, self.model.weights_id)
             stats = found if found is not None else None
         if stats is not None and not isinstance(stats, FilterStats):
             stats = load_stats(stats, index=self.index, weights_id=self.model.weights_id)

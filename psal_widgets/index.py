@@ -10,7 +10,8 @@ An index folder holds
   ``pred``, ``correct``, ``loss`` (cross-entropy against the label), ``top1..top5`` and
   ``prob1..prob5`` (softmax), ``label_name``, ``pred_name``;
 - ``meta.json``: model, weights checksum, preprocessing, filter layout, n, dataset, created,
-  package version, and the size and sha256 of every file.
+  package version, the size and sha256 of every file, and ``skipped``: the images that could
+  not be read (``{"file", "reason"}``; they have no row, see :meth:`ProfileIndex.usable`).
 
 It is computed WITHOUT statistics, so it can be built on held-out data and standardized later
 against any statistics of the same model (:meth:`ProfileIndex.standardized`).
@@ -21,8 +22,10 @@ as complete. Every ``checkpoint_every`` batches it flushes the arrays and record
 in ``progress.json`` (written atomically); the same command run again continues from there and
 finishes with files identical, byte for byte, to an uninterrupted run (each image's profile is
 computed on its own, so batch boundaries do not matter). A lock file stops two builds of the
-same folder from interleaving. Readers check that row counts and file sizes agree with the
-metadata (``verify=True`` also checks the sha256).
+same folder from interleaving (:mod:`psal_widgets.atomic`, shared with ``psal stats``). Readers
+check that row counts and file sizes agree with the metadata (``verify=True`` also checks the
+sha256). An image that cannot be read is skipped with a warning and recorded (``strict=True``
+stops instead).
 
 >>> idx = ProfileIndex.open("psal_out/index")
 >>> z = idx.standardized(explainer.stats)            # float32 [N, F]
@@ -39,13 +42,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .atomic import check_files, exclusive_lock, file_records, partial_dir, swap_into_place
+from .atomic import write_text_atomic as _write_atomic
 
 # A module attribute on purpose: tests interrupt a build by replacing it.
 from .kernels.profiles import filter_profiles
@@ -93,53 +99,20 @@ def _root_hash(root: Path) -> str:
     return _short_hash(str(Path(root).resolve()))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _safe_name(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
 
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    """An exclusive lock for building ``target``: a second build of it fails with a clear message."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, the temporary folder still protects readers
-        yield
-        return
-    path = target.parent / f".{target.name}.lock"
-    fd = os.open(path, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
+def _first_readable(ds: LabeledImages) -> Any:
+    """The first image of ``ds`` that can be read (preprocessed), to probe the model's classifier."""
+    from .data import ImageError
+
+    for i in range(len(ds)):
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexError_(
-                f"another `psal index` is writing {target.name} right now (lock {path.name}); "
-                "wait for it to finish, or choose another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            return ds[i][0]
+        except ImageError:
+            continue
+    raise IndexError_(f"none of the {len(ds)} images of {ds.description} could be read")
 
 
 def _json(value: Any) -> Any:
@@ -223,7 +196,7 @@ class ProfileIndex:
         folder = Path(path)
         meta_path = folder / META_FILE
         if not meta_path.is_file():
-            partial = folder.parent / f".{folder.name}.partial"
+            partial = partial_dir(folder)
             hint = (" (an unfinished build is in progress or was interrupted: run the same "
                     "`psal index` command again to finish it)") if partial.is_dir() else ""
             raise IndexError_(f"no profile index at {folder}{hint}; build one with `psal index --data DATA --out DIR`")
@@ -237,19 +210,10 @@ class ProfileIndex:
             )
         n = int(meta["n"])
         recorded = meta.get("files", {})
-        for name, info in recorded.items():
-            p = folder / name
-            if not p.is_file():
-                raise IndexError_(
-                    f"the index at {folder} is incomplete: {name} is missing; rebuild it with `psal index`"
-                )
-            if p.stat().st_size != int(info["bytes"]):
-                raise IndexError_(
-                    f"the index at {folder} is damaged: {name} has {p.stat().st_size} bytes, "
-                    f"meta.json says {info['bytes']}; rebuild it with `psal index`"
-                )
-            if verify and _sha256(p) != info["sha256"]:
-                raise IndexError_(f"the index at {folder} is damaged: {name} does not match its checksum")
+        problem = check_files(folder, recorded, sha=verify)
+        if problem is not None:
+            state = "incomplete" if problem.endswith("is missing") else "damaged"
+            raise IndexError_(f"the index at {folder} is {state}: {problem}; rebuild it with `psal index`")
         try:
             raw = np.load(folder / PROFILES_FILE, mmap_mode="r")
             features = np.load(folder / FEATURES_FILE, mmap_mode="r") if FEATURES_FILE in recorded else None
@@ -317,6 +281,21 @@ class ProfileIndex:
             return self._features_base
         return np.asarray(self._features_base[self.base_rows])
 
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Images of the dataset left out of the build as unreadable: ``{"file", "reason"}``."""
+        return list(self.meta.get("skipped", []))
+
+    def usable(self, dataset: LabeledImages) -> LabeledImages:
+        """``dataset`` without the files this index skipped as unreadable (itself when none):
+        the dataset whose item ``i`` is row ``i`` of :meth:`aligned`."""
+        dropped = {d["file"] for d in self.skipped}
+        if not dropped:
+            return dataset
+        rel = dataset.relative_files()
+        keep = [i for i, f in enumerate(rel) if f not in dropped]
+        return dataset if len(keep) == len(rel) else dataset.subset(keep)
+
     def _base(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.base_rows is None else self.base_rows[rows]
 
@@ -372,6 +351,13 @@ class ProfileIndex:
         """
         where = {f: i for i, f in enumerate(self.files)}
         missing = [f for f in files if f not in where]
+        skipped = {d["file"]: d["reason"] for d in self.skipped}
+        if any(f in skipped for f in missing):
+            f = next(f for f in missing if f in skipped)
+            raise IndexError_(
+                f"the index at {self.path} has no row for {f}: it was skipped as unreadable ({skipped[f]}); "
+                "leave it out of the dataset (ProfileIndex.usable(dataset)) or fix the file and rebuild"
+            )
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise IndexError_(
@@ -471,6 +457,7 @@ def build_index(
     checkpoint_every: int = 4,
     num_workers: int = 0,
     overwrite: bool = False,
+    strict: bool = False,
 ) -> ProfileIndex:
     """Compute the profile index of ``dataset`` into the folder ``out`` (resumable).
 
@@ -492,6 +479,11 @@ def build_index(
         DataLoader workers decoding images in parallel with the compute.
     overwrite : bool
         Rebuild even when ``out`` already holds a complete index of the same model and data.
+    strict : bool
+        Stop at the first image that cannot be read (:class:`~psal_widgets.data.ImageError`).
+        By default such an image is skipped with a warning and recorded, file and reason, in
+        ``meta.json["skipped"]``; the index then has one row per readable image (``n`` of them),
+        and :meth:`ProfileIndex.usable` gives the dataset without the skipped files.
 
     Returns
     -------
@@ -523,14 +515,15 @@ def build_index(
     if not overwrite and (target / META_FILE).is_file():
         with contextlib.suppress(IndexError_):
             existing = ProfileIndex.open(target)
-            if all(existing.meta.get(k) == v for k, v in key.items()):
+            # "n" counts readable images only; the files hash already pins the whole dataset.
+            if all(existing.meta.get(k) == v for k, v in key.items() if k != "n"):
                 existing.build_info = {"status": "up to date", "resumed_from": len(ds), "rows_computed": 0,
                                        "seconds": 0.0}
                 return existing
-    with _lock(target):
+    with exclusive_lock(target, command="psal index"):
         return _build_locked(model, ds, target, key, findex, layout_meta(findex), files, labels,
                              batch_size=batch_size, progress=progress, checkpoint_every=checkpoint_every,
-                             num_workers=num_workers)
+                             num_workers=num_workers, strict=strict)
 
 
 def _build_locked(
@@ -547,6 +540,7 @@ def _build_locked(
     progress: bool,
     checkpoint_every: int,
     num_workers: int,
+    strict: bool,
 ) -> ProfileIndex:
     import torch
     import torch.nn.functional as F
@@ -556,16 +550,17 @@ def _build_locked(
 
     from . import __version__
     from .kernels.features import FeatureTap, find_classifier
+    from .tolerant import Skipped, TolerantImages, report_skipped
 
     t0 = time.perf_counter()
     n, n_filters = len(ds), findex.n_filters
-    tmp = target.parent / f".{target.name}.partial"
+    tmp = partial_dir(target)
     state = _read_progress(tmp, key)
     if state is None:
         if tmp.exists():
             shutil.rmtree(tmp)  # another model/data, or a build that never reached its first checkpoint
         tmp.mkdir(parents=True)
-        first, _ = ds[0]
+        first = _first_readable(ds)
         layer = find_classifier(model.module, first.to(model.device))
         dim = None
         if layer is not None:
@@ -573,7 +568,7 @@ def _build_locked(
             with torch.no_grad(), tap.tap():
                 model.module(first.unsqueeze(0).to(model.device))
             dim = int(tap.take().shape[1])
-        state = {"key": key, "rows_done": 0, "feature_layer": layer, "feature_dim": dim}
+        state = {"key": key, "rows_done": 0, "feature_layer": layer, "feature_dim": dim, "skipped": []}
         open_memmap(tmp / PROFILES_FILE, mode="w+", dtype=np.float16, shape=(n, n_filters)).flush()
         if dim is not None:
             open_memmap(tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
@@ -583,6 +578,7 @@ def _build_locked(
         _write_atomic(tmp / PROGRESS_FILE, json.dumps(state))
     start = int(state["rows_done"])
     layer, dim = state["feature_layer"], state["feature_dim"]
+    skipped = [Skipped(**d) for d in state.get("skipped", [])]
     profiles = np.load(tmp / PROFILES_FILE, mmap_mode="r+")
     features = np.load(tmp / FEATURES_FILE, mmap_mode="r+") if dim is not None else None
     columns = {name: np.load(tmp / f"_{name}.npy", mmap_mode="r+") for name in _COLUMNS}
@@ -591,19 +587,33 @@ def _build_locked(
         for arr in (profiles, features, *columns.values()):
             if arr is not None:
                 arr.flush()
-        _write_atomic(tmp / PROGRESS_FILE, json.dumps({**state, "rows_done": rows_done}))
+        _write_atomic(tmp / PROGRESS_FILE, json.dumps({**state, "rows_done": rows_done,
+                                                        "skipped": [k.to_dict() for k in skipped]}))
 
     # The per-image loop is the exact path on CPU; the features come from its own forward passes.
     # Elsewhere the vectorized path is used and the features take one extra no-grad forward.
     strategy = "loop" if model.device.type == "cpu" else "vmap"
     tap = FeatureTap(model.module, layer) if layer is not None else None
-    rest = ds.subset(range(start, n))
+    rest = TolerantImages(ds.subset(range(start, n)))
     loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     bar = tqdm(total=n, initial=start, desc=f"index {model.name}", unit="img", disable=not progress)
     row, batches = start, 0
     try:
-        for images, y in loader:
-            images = images.to(model.device)
+        for images, y, reasons in loader:
+            bad = [j for j, r in enumerate(reasons) if r]
+            for j in bad:
+                skipped.append(Skipped(files[row + j], reasons[j]))
+                report_skipped(skipped[-1], strict=strict, command="psal index", bar=bar)
+            good = [j for j, r in enumerate(reasons) if not r]
+            if not good:  # nothing readable in this batch: its rows stay zero and are dropped at the end
+                row += len(reasons)
+                batches += 1
+                bar.update(len(reasons))
+                if batches % checkpoint_every == 0:
+                    checkpoint(row)
+                continue
+            at = np.asarray(good, dtype=np.int64) + row  # rows of the readable images
+            images, y = images[good].to(model.device), y[good]
             ctx = tap.tap() if (tap is not None and strategy == "loop") else contextlib.nullcontext()
             with ctx:
                 batch = filter_profiles(model.module, images, y, index=findex, mode="raw", strategy=strategy)
@@ -614,20 +624,20 @@ def _build_locked(
                     with torch.no_grad(), tap.tap():
                         model.module(images)
                     feats = tap.take()
-            b = images.shape[0]
+            b = len(reasons)
             logits = batch.logits.float().cpu()
             probs = torch.softmax(logits, dim=1)
             top = probs.topk(min(5, probs.shape[1]), dim=1)
-            top_idx = np.full((b, 5), -1, dtype=np.int64)
-            top_p = np.zeros((b, 5), dtype=np.float32)
+            top_idx = np.full((len(good), 5), -1, dtype=np.int64)
+            top_p = np.zeros((len(good), 5), dtype=np.float32)
             top_idx[:, : top.indices.shape[1]] = top.indices.numpy()
             top_p[:, : top.values.shape[1]] = top.values.numpy()
-            profiles[row : row + b] = batch.raw.to(device="cpu", dtype=torch.float16).numpy()
+            profiles[at] = batch.raw.to(device="cpu", dtype=torch.float16).numpy()
             if features is not None:
-                features[row : row + b] = feats.to(torch.float16).numpy()
-            columns["top5"][row : row + b] = top_idx
-            columns["top5_prob"][row : row + b] = top_p
-            columns["loss"][row : row + b] = F.cross_entropy(logits, y.long(), reduction="none").numpy()
+                features[at] = feats.to(torch.float16).numpy()
+            columns["top5"][at] = top_idx
+            columns["top5_prob"][at] = top_p
+            columns["loss"][at] = F.cross_entropy(logits, y.long(), reduction="none").numpy()
             row += b
             batches += 1
             bar.update(b)
@@ -636,8 +646,25 @@ def _build_locked(
         checkpoint(row)
     finally:
         bar.close()
-    # Finish: the table, the metadata with checksums, then one rename.
-    top5, top5_prob, loss = (np.array(columns[k]) for k in ("top5", "top5_prob", "loss"))
+    # Finish: drop the rows of skipped images, the table, the metadata with checksums, one rename.
+    dropped = {k.file for k in skipped}
+    keep = np.array([f not in dropped for f in files], dtype=bool)
+    top5, top5_prob, loss = (np.array(columns[k])[keep] for k in ("top5", "top5_prob", "loss"))
+    if not keep.all():
+        if not keep.any():
+            raise IndexError_(f"none of the {n} images of {ds.description} could be read "
+                              f"(e.g. {skipped[0].file}: {skipped[0].reason})")
+        for name, arr in ((PROFILES_FILE, profiles), (FEATURES_FILE, features)):
+            if arr is not None:
+                np.save(tmp / f"_compact_{name}", np.asarray(arr[keep]))
+        del profiles, features
+        for name in (PROFILES_FILE, FEATURES_FILE):
+            if (tmp / f"_compact_{name}").exists():
+                os.replace(tmp / f"_compact_{name}", tmp / name)
+        profiles = features = None
+        files = [f for f, k in zip(files, keep) if k]
+        labels = [v for v, k in zip(labels, keep) if k]
+        n = len(files)
     pred = top5[:, 0]
     names = model.labels.names
     buf = io.StringIO()
@@ -668,22 +695,17 @@ def _build_locked(
         "device": str(model.device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_version": __version__,
-        "files": {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in kept},
+        "n": n,
+        "skipped": [k.to_dict() for k in skipped],
+        "files": file_records(tmp, kept),
     }
     _write_atomic(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
     (tmp / PROGRESS_FILE).unlink()
-    if target.exists():
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
+    swap_into_place(tmp, target)
     idx = ProfileIndex.open(target)
     idx.build_info = {"status": "resumed" if start else "built", "resumed_from": start,
-                      "rows_computed": n - start, "seconds": time.perf_counter() - t0}
+                      "rows_computed": len(ds) - start, "seconds": time.perf_counter() - t0,
+                      "skipped": len(skipped)}
     return idx
 
 
@@ -725,7 +747,9 @@ def index_for(
     batch_size: int = 16,
     progress: bool = True,
 ) -> ProfileIndex:
-    """The profile index of ``dataset`` for the explainer's model, row ``i`` = dataset item ``i``.
+    """The profile index of ``dataset`` for the explainer's model, row ``i`` = item ``i`` of
+    ``index.usable(dataset)`` (the dataset itself unless some images were skipped as unreadable:
+    callers that read images by row must use that dataset).
 
     Parameters
     ----------
@@ -749,10 +773,11 @@ def index_for(
     if path is not None:
         folder = Path(path)
         if not (folder / META_FILE).is_file():
-            return build_index(model, dataset, folder, batch_size=batch_size, progress=progress).aligned(dataset)
+            idx = build_index(model, dataset, folder, batch_size=batch_size, progress=progress)
+            return idx.aligned(idx.usable(dataset))
         idx = ProfileIndex.open(folder)
         idx.check_model(model)
-        return idx.aligned(dataset)
+        return idx.aligned(idx.usable(dataset))
     root = index_root(model.name)
     if root.is_dir():
         for candidate in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
@@ -760,8 +785,8 @@ def index_for(
                 idx = ProfileIndex.open(candidate)
                 idx.check_model(model)
                 # Same folder required: two datasets can share relative names and labels.
-                return idx.aligned(dataset, same_root=True)
+                return idx.aligned(idx.usable(dataset), same_root=True)
             except IndexError_:
                 continue
-    return build_index(model, dataset, default_index_dir(model, dataset), batch_size=batch_size,
-                       progress=progress).aligned(dataset)
+    idx = build_index(model, dataset, default_index_dir(model, dataset), batch_size=batch_size, progress=progress)
+    return idx.aligned(idx.usable(dataset))

@@ -114,11 +114,17 @@ class ExperimentContext:
 
     @cached_property
     def index(self) -> Any:
-        """The profile index of ``dataset`` (raw profiles + per-image table; see ``psal index``)."""
+        """The profile index of ``dataset`` (raw profiles + per-image table; see ``psal index``).
+
+        Images the index skipped as unreadable are dropped from :attr:`dataset` here, so that
+        row ``i`` of the index stays item ``i`` of the dataset (read the index before keeping a
+        reference to the dataset)."""
         from ..index import index_for
 
-        return index_for(self.explainer, self.dataset, path=self.config.index,
-                         batch_size=self.config.batch_size, progress=self.config.progress)
+        idx = index_for(self.explainer, self.dataset, path=self.config.index,
+                        batch_size=self.config.batch_size, progress=self.config.progress)
+        self._dataset = idx.usable(self.dataset)
+        return idx
 
     def rng(self, *keys: int) -> np.random.Generator:
         """A generator seeded by the run's seed and ``keys`` (e.g. the image's index), so that runs

@@ -49,6 +49,7 @@ JSON keys (besides the provenance added by the framework)
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -83,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="normalize the gradient over the updated parameters (default) or the whole network")
 
 
-def _pool_profiles(ctx: ExperimentContext, pool: LabeledImages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pool_profiles(
+    ctx: ExperimentContext, pool: LabeledImages
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, LabeledImages]:
     """Standardized true-label profiles of the neighbour pool, its labels and correctness.
 
     Reads the profile index when the package has one (``ctx.index`` for the run's own data);
@@ -91,7 +94,9 @@ def _pool_profiles(ctx: ExperimentContext, pool: LabeledImages) -> tuple[np.ndar
 
     Returns
     -------
-    (np.ndarray float32 [n, F], np.ndarray int64 [n], np.ndarray bool [n])
+    (np.ndarray float32 [n, F], np.ndarray int64 [n], np.ndarray bool [n], LabeledImages)
+        The last is the pool whose item ``i`` is row ``i`` (without images the index skipped
+        as unreadable).
     """
     ex = ctx.explainer
     try:
@@ -103,8 +108,9 @@ def _pool_profiles(ctx: ExperimentContext, pool: LabeledImages) -> tuple[np.ndar
         idx = ctx.index if pool is ctx.dataset else index_for(
             ex, pool, path=None, batch_size=ctx.config.batch_size, progress=ctx.config.progress)
         std = np.asarray(idx.standardized(ex.stats), dtype=np.float32)
-        return std, np.asarray(idx.label, dtype=np.int64), np.asarray(idx.correct, dtype=bool)
-    return _computed_profiles(ctx, pool)
+        used = ctx.dataset if pool is ctx.dataset else idx.usable(pool)
+        return std, np.asarray(idx.label, dtype=np.int64), np.asarray(idx.correct, dtype=bool), used
+    return (*_computed_profiles(ctx, pool), pool)
 
 
 def _computed_profiles(ctx: ExperimentContext, pool: LabeledImages) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,11 +175,16 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     n_nb = int(ctx.option("neighbors", 10))
     normalize: Normalize = ctx.option("normalize", "updated")
     model = ex.model
-    data = ctx.dataset
     pool_path = ctx.option("pool")
+    if pool_path is None:
+        # First: reading the index drops unreadable images from ctx.dataset, keeping rows aligned.
+        with contextlib.suppress(ImportError):  # a build without the index computes profiles itself
+            ctx.index  # noqa: B018
+    data = ctx.dataset
     pool = data if pool_path is None else open_dataset(pool_path, labels=model.labels, preprocess=model.preprocess)
 
-    pool_std, pool_labels, pool_correct = _pool_profiles(ctx, pool)
+    pool_std, pool_labels, pool_correct, used = _pool_profiles(ctx, pool)
+    pool = data if pool is data else used
     if pool is data:
         data_correct = pool_correct
     else:

@@ -149,7 +149,7 @@ class DatasetBrowser:
         model = explainer.model
         ds = open_dataset(data, labels=model.labels, preprocess=model.preprocess)
         idx = index_for(explainer, ds, path=index, progress=progress)
-        return cls(ds, idx)
+        return cls(idx.usable(ds), idx)  # without unreadable images: row i of the index = item i
 
     @property
     def folder(self) -> Path:
