@@ -22,6 +22,20 @@ class CliError(Exception):
     """A user-facing error: printed on one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line ``psal: error: ...``, exit code 2.
+
+    argparse's own ``usage: ...`` block and ``psal explain: error:`` prefix would make its
+    errors (unknown flag, missing argument, ``--k 0``) look different from every other one.
+    Sub-parsers inherit the class (``add_subparsers`` uses ``type(self)``).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        hint = f" (see psal {self.prog.split(' ', 1)[1]} --help)" if where else " (see psal --help)"
+        self.exit(2, f"psal: error: {where}{message}{hint}\n")
+
+
 # -- psal explain ------------------------------------------------------------------------
 def _parse_filters(text: str | None) -> list[int] | None:
     if text is None:
@@ -284,8 +298,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from ._types import CAM_METHODS
+    from .checks import float_arg, int_arg
 
-    parser = argparse.ArgumentParser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
+    # Checked at parse time: a meaningless number fails before any model is loaded.
+    POSITIVE_INT = int_arg(low=1)
+    SEED = int_arg(low=0, high=2**32 - 1)
+    PORT = int_arg(low=1, high=65535)
+    BOOST = float_arg(low=0.0, low_open=True)
+    # The map is clipped at the 99th percentile: the threshold must lie below it.
+    PERCENTILE = float_arg(low=0.0, high=99.0, high_open=True)
+
+    parser = _Parser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -300,11 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     model_opts(p)
     p.add_argument("--label", default=None, help="class index, WordNet id or name (default: known label, else prediction)")
-    p.add_argument("--k", type=int, default=10, help="number of top filters to boost (default 10)")
-    p.add_argument("--boost", type=float, default=100.0, help="boost factor of the chosen filters (default 100)")
+    p.add_argument("--k", type=POSITIVE_INT, default=10, help="number of top filters to boost (default 10)")
+    p.add_argument("--boost", type=BOOST, default=100.0, help="boost factor of the chosen filters (default 100)")
     p.add_argument("--filters", default=None, help="comma-separated filter ids to boost instead of the top k")
     p.add_argument("--mode", choices=["std", "raw", "norm"], default="std", help="what ranks the filters (default std)")
-    p.add_argument("--percentile", type=float, default=90.0, help="threshold percentile of the map (default 90)")
+    p.add_argument("--percentile", type=PERCENTILE, default=90.0, help="threshold percentile of the map (default 90)")
     p.add_argument("--cam", choices=list(CAM_METHODS), default="gradcam", help="CAM method (default gradcam)")
     p.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
     p.add_argument("--device", default=None)
@@ -321,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="ImageFolder tree, CSV (file,label) or flat ILSVRC2012 val folder")
     model_opts(p)
     p.add_argument("--out", default=None, help="output folder (default: the user cache)")
-    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--profiles", action="store_true",
@@ -335,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", default=None,
                    help="statistics for the summary line only (default: the model's own); the index never uses them")
     p.add_argument("--out", default=None, help="index folder (default: the user cache, where experiments look)")
-    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this index")
@@ -349,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_legacy)
 
     p = sub.add_parser("dashboard", help="serve the interactive explorer as a web page (Voila) on 127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument("--port", type=PORT, default=None, help="TCP port (default: a free one)")
     p.add_argument("--model", default=None, help="efficientnet_lite0 (default), a torchvision name or timm:NAME")
     p.add_argument("--image", default=None, help="image to open first (default: the first of raw_images/)")
     p.add_argument("--data", default=None,
@@ -377,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         model_opts(q)
         q.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
         q.add_argument("--index", default=None, help="profile-index folder (default: found or built for the data)")
-        q.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset")
-        q.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-        q.add_argument("--batch-size", type=int, default=16)
+        q.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset")
+        q.add_argument("--seed", type=SEED, default=0, help="seed of every random choice (default 0)")
+        q.add_argument("--batch-size", type=POSITIVE_INT, default=16)
         q.add_argument("--device", default=None)
         q.add_argument("--out", default=None, help="output folder (default psal_out/experiments/NAME)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -397,9 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dashboard (page load and clicks in Chromium)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--random-weights", action="store_true")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=POSITIVE_INT, default=5)
     p.add_argument("--device", default=None)
-    p.add_argument("--clicks", type=int, default=10, help="timed filter clicks (click, dashboard; default 10)")
+    p.add_argument("--clicks", type=POSITIVE_INT, default=10, help="timed filter clicks (click, dashboard; default 10)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -407,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a parse error (2, already printed)
+        return done.code if isinstance(done.code, int) else 2
     if getattr(args, "offline", False):
         # An environment variable, so that the dashboard's kernel inherits it too.
         os.environ["PSAL_OFFLINE"] = "1"
