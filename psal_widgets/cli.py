@@ -7,12 +7,15 @@ Every failure caused by the input ends with a one-line error and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -36,6 +39,53 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"psal: error: {where}{message}{hint}\n")
 
 
+# -- output folders ----------------------------------------------------------------------
+def _check_out(out: Path, *, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any model is loaded.
+
+    Nothing is created: a probe file is made and removed in the folder itself, or in the
+    nearest existing folder above it (what ``mkdir -p`` would write into).
+    """
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{flag} {out} is a file, not a folder: pass a folder (it is created when missing)")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise CliError(f"{flag} {out} cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".psal-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CliError(f"{flag} {out} is not writable ({base}: {err.strerror or err}): pick another folder "
+                       "or fix its permissions") from err
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """Create ``out`` for the files written inside the block; if the block fails, remove the
+    folders this created (with their half-written files), so that no empty or partial result
+    is left behind. A folder that existed before is left alone."""
+    created = []
+    p = out
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+            for folder in created[1:]:  # parents made by mkdir -p, innermost first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+
+
 # -- psal explain ------------------------------------------------------------------------
 def _parse_filters(text: str | None) -> list[int] | None:
     if text is None:
@@ -54,11 +104,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .data import load_image
     from .explainer import Explainer
-    from .viz.heatmap import overlay
-    from .viz.static import profile_png, triptych_png
 
     filters = _parse_filters(args.filters)
-    load_image(args.image)  # fail on a bad image before the model is loaded
+    out = Path(args.out) if args.out else Path("psal_out") / Path(args.image).stem
+    # Every input is checked before the model is loaded: the image, the output folder.
+    load_image(args.image)
+    _check_out(out)
     explainer = Explainer(args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device)
     analysis = explainer.analyze(args.image, label=args.label)
     index = explainer.index
@@ -69,10 +120,31 @@ def cmd_explain(args: argparse.Namespace) -> int:
         chosen = np.unique(np.asarray(filters, dtype=np.int64))
     else:
         chosen = analysis.top_filters(args.k)
-    out = Path(args.out) if args.out else Path("psal_out") / Path(args.image).stem
-    out.mkdir(parents=True, exist_ok=True)
-
     heat = analysis.input_map(chosen, boost=args.boost, percentile=args.percentile)
+    top = analysis.prediction(5)
+    cam = analysis.cam(method=args.cam, target=top[0].index)
+    with _output_folder(out):
+        _write_explain(args, out, explainer, analysis, chosen, filters, heat, top, cam)
+    verdict = "correct" if top[0].index == analysis.label else "WRONG"
+    print(f"{Path(args.image).name}: predicted '{top[0].name}' ({top[0].prob:.2f}), label '{analysis.label_name}' "
+          f"({analysis.label_source}) -> {verdict}")
+    top_rows = analysis.filter_rows(chosen if filters is None else analysis.top_filters(args.k))
+    print("top filters: " + ", ".join(f"{r['layer']}[{r['channel']}]={r['saliency']:.2f}" for r in top_rows[:5]))
+    print(f"wrote {out}/: " + ", ".join(_EXPLAIN_FILES))
+    return 0
+
+
+_EXPLAIN_FILES = ["profile.png", "input_saliency.png", "gradcam.png", "profile.csv", "result.json"]
+
+
+def _write_explain(args, out, explainer, analysis, chosen, filters, heat, top, cam) -> None:  # noqa: ANN001
+    """The five files of ``psal explain`` (the folder exists; a failure removes it)."""
+    import numpy as np
+
+    from .viz.heatmap import overlay
+    from .viz.static import profile_png, triptych_png
+
+    index = explainer.index
     mode_name = {"std": "standardized saliency", "raw": "mean |grad|", "norm": "saliency / mean", "signed": "mean grad"}
     profile_png(
         analysis.sorted_profile(),
@@ -86,8 +158,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out / "input_saliency.png",
         suptitle=f"pixels driving {len(chosen)} boosted filters (label '{analysis.label_name}')",
     )
-    top = analysis.prediction(5)
-    cam = analysis.cam(method=args.cam, target=top[0].index)
     triptych_png(
         [("image", analysis.image), (f"{args.cam} ({top[0].name})", cam), ("overlay", overlay(analysis.image, cam))],
         out / "gradcam.png",
@@ -115,15 +185,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "stats": None if explainer.stats is None else {
             k: explainer.stats.meta.get(k) for k in ("dataset", "n", "created", "source") if k in explainer.stats.meta
         },
-        "files": ["profile.png", "input_saliency.png", "gradcam.png", "profile.csv", "result.json"],
+        "files": list(_EXPLAIN_FILES),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    verdict = "correct" if top[0].index == analysis.label else "WRONG"
-    print(f"{Path(args.image).name}: predicted '{top[0].name}' ({top[0].prob:.2f}), label '{analysis.label_name}' "
-          f"({analysis.label_source}) -> {verdict}")
-    print("top filters: " + ", ".join(f"{r['layer']}[{r['channel']}]={r['saliency']:.2f}" for r in result["top_filters"][:5]))
-    print(f"wrote {out}/: " + ", ".join(result["files"]))
-    return 0
 
 
 # -- psal layers -------------------------------------------------------------------------
@@ -154,9 +218,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .store import save_stats, user_helper_objects
     from .validation import compute_stats
 
+    if args.out:
+        _check_out(Path(args.out))
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    if not args.out:
+        _check_out(out)  # the default folder is known once the model's name is
     t0 = time.perf_counter()
     stats, samples = compute_stats(model, dataset, batch_size=args.batch_size, progress=not args.quiet,
                                    keep_profiles=args.profiles)
@@ -179,10 +247,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .models import load_model
     from .store import StatsError, default_stats_dir, load_stats
 
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1; got {args.batch_size}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out} is a file, not a folder")
+    if args.out:
+        _check_out(Path(args.out))
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Statistics are only read, for the summary line: the index itself never depends on them.
@@ -225,6 +291,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     model = load_model(args.model, random_weights=True, device="meta")
     index = FilterIndex(model.module)
     out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    _check_out(out)
     import_legacy(args.file, index=index, model_name=model.name, out_dir=out)
     stats = load_stats(out, index=index)
     print(f"imported {stats.n_filters} filters of {model.name} "
@@ -268,6 +335,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     own = {k: v for k, v in vars(args).items()
            if k not in shared | {"name", "func", "debug", "command", "quiet"}}
     out = Path(args.out) if args.out else Path("psal_out") / "experiments" / args.name
+    _check_out(out)
     config = ExperimentConfig(
         data=args.data, model=args.model, weights=args.weights, stats=args.stats, device=args.device,
         limit=args.limit, seed=args.seed, out=out, index=args.index, batch_size=args.batch_size,
