@@ -138,10 +138,10 @@ def filter_ids(filters: Sequence[Any] | np.ndarray | int, *, n_filters: int | No
     if hasattr(filters, "detach"):  # a torch tensor, without importing torch here
         filters = filters.detach().cpu().numpy()  # type: ignore[union-attr]
     arr = np.asarray(filters)
-    if arr.dtype == object or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
-        bad = [v for v in np.ravel(arr) if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
-        if bad or arr.dtype == np.bool_:
-            raise ValueError(f"filter ids must be integers; got {(bad or list(np.ravel(arr)))[:5]}")
+    if arr.dtype.kind not in "iuf":  # booleans, strings, objects: only plain Python ints pass
+        bad = [v for v in arr.ravel().tolist() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise ValueError(f"filter ids must be integers; got {bad[:5]}")
     flat = arr.reshape(-1)
     if flat.dtype.kind == "f":
         wrong = flat[~np.isfinite(flat) | (flat != np.round(flat))]
@@ -150,7 +150,10 @@ def filter_ids(filters: Sequence[Any] | np.ndarray | int, *, n_filters: int | No
                 f"filter ids must be integers; got {wrong[:5].tolist()} (ids are never rounded: "
                 "pass the integer ids, e.g. from top_filters())"
             )
-    ids = flat.astype(np.int64)
+    try:
+        ids = flat.astype(np.int64)
+    except OverflowError:  # a Python int past 2**63: out of any model's range
+        raise ValueError(f"filter ids must be in range; got {flat[:5].tolist()}") from None
     if n_filters is not None and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n_filters):
         out = ids[(ids < 0) | (ids >= n_filters)]
         raise ValueError(f"filter ids {out[:5].tolist()} are out of range: this model has {n_filters} filters "

@@ -34,9 +34,9 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
-        hint = f" (see psal {self.prog.split(' ', 1)[1]} --help)" if where else " (see psal --help)"
-        self.exit(2, f"psal: error: {where}{message}{hint}\n")
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""  # "explain", "experiment masking"
+        where = f"{command}: " if command else ""
+        self.exit(2, f"psal: error: {where}{message} (see {self.prog} --help)\n")
 
 
 # -- output folders ----------------------------------------------------------------------
@@ -111,15 +111,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     load_image(args.image)
     _check_out(out)
     explainer = Explainer(args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device)
-    analysis = explainer.analyze(args.image, label=args.label)
     index = explainer.index
+    # What needs the model's filter count is checked as soon as it is known, before the analysis.
     if filters is not None:
         bad = [f for f in filters if not 0 <= f < index.n_filters]
         if bad:
             raise CliError(f"filter ids {bad} are out of range: this model has {index.n_filters} filters (0..{index.n_filters - 1})")
-        chosen = np.unique(np.asarray(filters, dtype=np.int64))
-    else:
-        chosen = analysis.top_filters(args.k)
+    if args.k > index.n_filters:
+        raise CliError(f"--k {args.k} is more than the {index.n_filters} filters of {explainer.model.name}")
+    analysis = explainer.analyze(args.image, label=args.label)
+    chosen = analysis.top_filters(args.k) if filters is None else np.unique(np.asarray(filters, dtype=np.int64))
     heat = analysis.input_map(chosen, boost=args.boost, percentile=args.percentile)
     top = analysis.prediction(5)
     cam = analysis.cam(method=args.cam, target=top[0].index)

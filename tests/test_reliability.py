@@ -335,6 +335,19 @@ def test_meaningless_option_is_refused_at_parse_time(args, needle, capsys, monke
     assert needle in line
 
 
+@pytest.mark.slow
+def test_k_over_the_filter_count_is_refused_before_the_analysis(tmp_path, capsys, monkeypatch):
+    from psal_widgets.explainer import Explainer
+
+    def no_analysis(*a, **k):
+        raise AssertionError("the image was analysed before --k was checked")
+
+    monkeypatch.setattr(Explainer, "analyze", no_analysis)
+    line = one_line_error(*run_cli(["explain", str(GRACE), "--k", "30000", "--out", str(tmp_path / "o")], capsys))
+    assert "--k 30000 is more than the 21008 filters of efficientnet_lite0" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_help_still_exits_zero(capsys):
     assert main(["explain", "--help"]) == 0
     assert "--boost" in capsys.readouterr().out
