@@ -345,7 +345,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     ctx = ExperimentContext(args.name, config)
     assert spec.run is not None
     t0 = time.perf_counter()
-    result = ctx.writer.write(spec.run(ctx), ctx)
+    with _output_folder(out):  # a failing run leaves no empty or partial folder behind
+        result = ctx.writer.write(spec.run(ctx), ctx)
     print(f"psal experiment {args.name}: {len(ctx.dataset)} images, {time.perf_counter() - t0:.1f} s")
     for line in result.get("summary", []):
         print(f"  {line}")
