@@ -7,12 +7,15 @@ Every failure caused by the input ends with a one-line error and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -20,6 +23,67 @@ __all__ = ["main"]
 
 class CliError(Exception):
     """A user-facing error: printed on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line ``psal: error: ...``, exit code 2.
+
+    argparse's own ``usage: ...`` block and ``psal explain: error:`` prefix would make its
+    errors (unknown flag, missing argument, ``--k 0``) look different from every other one.
+    Sub-parsers inherit the class (``add_subparsers`` uses ``type(self)``).
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""  # "explain", "experiment masking"
+        where = f"{command}: " if command else ""
+        self.exit(2, f"psal: error: {where}{message} (see {self.prog} --help)\n")
+
+
+# -- output folders ----------------------------------------------------------------------
+def _check_out(out: Path, *, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any model is loaded.
+
+    Nothing is created: a probe file is made and removed in the folder itself, or in the
+    nearest existing folder above it (what ``mkdir -p`` would write into).
+    """
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{flag} {out} is a file, not a folder: pass a folder (it is created when missing)")
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise CliError(f"{flag} {out} cannot be created: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".psal-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CliError(f"{flag} {out} is not writable ({base}: {err.strerror or err}): pick another folder "
+                       "or fix its permissions") from err
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """Create ``out`` for the files written inside the block; if the block fails, remove the
+    folders this created (with their half-written files), so that no empty or partial result
+    is left behind. A folder that existed before is left alone."""
+    created = []
+    p = out
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+            for folder in created[1:]:  # parents made by mkdir -p, innermost first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
 
 
 # -- psal explain ------------------------------------------------------------------------
@@ -40,25 +104,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from .data import load_image
     from .explainer import Explainer
-    from .viz.heatmap import overlay
-    from .viz.static import profile_png, triptych_png
 
     filters = _parse_filters(args.filters)
-    load_image(args.image)  # fail on a bad image before the model is loaded
+    out = Path(args.out) if args.out else Path("psal_out") / Path(args.image).stem
+    # Every input is checked before the model is loaded: the image, the output folder.
+    load_image(args.image)
+    _check_out(out)
     explainer = Explainer(args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device)
-    analysis = explainer.analyze(args.image, label=args.label)
     index = explainer.index
+    # What needs the model's filter count is checked as soon as it is known, before the analysis.
     if filters is not None:
         bad = [f for f in filters if not 0 <= f < index.n_filters]
         if bad:
             raise CliError(f"filter ids {bad} are out of range: this model has {index.n_filters} filters (0..{index.n_filters - 1})")
-        chosen = np.unique(np.asarray(filters, dtype=np.int64))
-    else:
-        chosen = analysis.top_filters(args.k)
-    out = Path(args.out) if args.out else Path("psal_out") / Path(args.image).stem
-    out.mkdir(parents=True, exist_ok=True)
-
+    if args.k > index.n_filters:
+        raise CliError(f"--k {args.k} is more than the {index.n_filters} filters of {explainer.model.name}")
+    analysis = explainer.analyze(args.image, label=args.label)
+    chosen = analysis.top_filters(args.k) if filters is None else np.unique(np.asarray(filters, dtype=np.int64))
     heat = analysis.input_map(chosen, boost=args.boost, percentile=args.percentile)
+    top = analysis.prediction(5)
+    cam = analysis.cam(method=args.cam, target=top[0].index)
+    with _output_folder(out):
+        _write_explain(args, out, explainer, analysis, chosen, filters, heat, top, cam)
+    verdict = "correct" if top[0].index == analysis.label else "WRONG"
+    print(f"{Path(args.image).name}: predicted '{top[0].name}' ({top[0].prob:.2f}), label '{analysis.label_name}' "
+          f"({analysis.label_source}) -> {verdict}")
+    top_rows = analysis.filter_rows(chosen if filters is None else analysis.top_filters(args.k))
+    print("top filters: " + ", ".join(f"{r['layer']}[{r['channel']}]={r['saliency']:.2f}" for r in top_rows[:5]))
+    print(f"wrote {out}/: " + ", ".join(_EXPLAIN_FILES))
+    return 0
+
+
+_EXPLAIN_FILES = ["profile.png", "input_saliency.png", "gradcam.png", "profile.csv", "result.json"]
+
+
+def _write_explain(args, out, explainer, analysis, chosen, filters, heat, top, cam) -> None:  # noqa: ANN001
+    """The five files of ``psal explain`` (the folder exists; a failure removes it)."""
+    import numpy as np
+
+    from .viz.heatmap import overlay
+    from .viz.static import profile_png, triptych_png
+
+    index = explainer.index
     mode_name = {"std": "standardized saliency", "raw": "mean |grad|", "norm": "saliency / mean", "signed": "mean grad"}
     profile_png(
         analysis.sorted_profile(),
@@ -72,8 +159,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         out / "input_saliency.png",
         suptitle=f"pixels driving {len(chosen)} boosted filters (label '{analysis.label_name}')",
     )
-    top = analysis.prediction(5)
-    cam = analysis.cam(method=args.cam, target=top[0].index)
     triptych_png(
         [("image", analysis.image), (f"{args.cam} ({top[0].name})", cam), ("overlay", overlay(analysis.image, cam))],
         out / "gradcam.png",
@@ -101,15 +186,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "stats": None if explainer.stats is None else {
             k: explainer.stats.meta.get(k) for k in ("dataset", "n", "created", "source") if k in explainer.stats.meta
         },
-        "files": ["profile.png", "input_saliency.png", "gradcam.png", "profile.csv", "result.json"],
+        "files": list(_EXPLAIN_FILES),
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    verdict = "correct" if top[0].index == analysis.label else "WRONG"
-    print(f"{Path(args.image).name}: predicted '{top[0].name}' ({top[0].prob:.2f}), label '{analysis.label_name}' "
-          f"({analysis.label_source}) -> {verdict}")
-    print("top filters: " + ", ".join(f"{r['layer']}[{r['channel']}]={r['saliency']:.2f}" for r in result["top_filters"][:5]))
-    print(f"wrote {out}/: " + ", ".join(result["files"]))
-    return 0
 
 
 # -- psal layers -------------------------------------------------------------------------
@@ -140,16 +219,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .store import check_replaceable, custom_stats_name, user_helper_objects
     from .validation import run_stats
 
-    if args.batch_size < 1 or args.checkpoint_every < 1:
-        raise CliError(f"--batch-size and --checkpoint-every must be at least 1; got {args.batch_size}, "
-                       f"{args.checkpoint_every}")
     if args.out:
         check_replaceable(Path(args.out))  # before the model loads
+        _check_out(Path(args.out))
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Custom weights get their own folder (name@fingerprint), where the lookup finds them.
     name = custom_stats_name(model.name, model.weights_id) if args.weights else model.name.replace(":", "_")
     out = Path(args.out) if args.out else user_helper_objects() / name
+    if not args.out:
+        _check_out(out)  # the default folder is known once the model's name is
     t0 = time.perf_counter()
     stats, samples = run_stats(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
                                keep_profiles=args.profiles, checkpoint_every=args.checkpoint_every,
@@ -174,10 +253,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .models import load_model
     from .store import StatsError, default_stats_dir, load_stats
 
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1; got {args.batch_size}")
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out} is a file, not a folder")
+    if args.out:
+        _check_out(Path(args.out))
     model = load_model(args.model, weights=args.weights, device=args.device)
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Statistics are only read, for the summary line: the index itself never depends on them.
@@ -222,6 +299,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     model = load_model(args.model, random_weights=True, device="meta")
     index = FilterIndex(model.module)
     out = Path(args.out) if args.out else user_helper_objects() / model.name.replace(":", "_")
+    _check_out(out)
     import_legacy(args.file, index=index, model_name=model.name, out_dir=out)
     stats = load_stats(out, index=index)
     print(f"imported {stats.n_filters} filters of {model.name} "
@@ -265,6 +343,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     own = {k: v for k, v in vars(args).items()
            if k not in shared | {"name", "func", "debug", "command", "quiet"}}
     out = Path(args.out) if args.out else Path("psal_out") / "experiments" / args.name
+    _check_out(out)
     config = ExperimentConfig(
         data=args.data, model=args.model, weights=args.weights, stats=args.stats, device=args.device,
         limit=args.limit, seed=args.seed, out=out, index=args.index, batch_size=args.batch_size,
@@ -273,7 +352,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     ctx = ExperimentContext(args.name, config)
     assert spec.run is not None
     t0 = time.perf_counter()
-    result = ctx.writer.write(spec.run(ctx), ctx)
+    with _output_folder(out):  # a failing run leaves no empty or partial folder behind
+        result = ctx.writer.write(spec.run(ctx), ctx)
     print(f"psal experiment {args.name}: {len(ctx.dataset)} images, {time.perf_counter() - t0:.1f} s")
     for line in result.get("summary", []):
         print(f"  {line}")
@@ -295,8 +375,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from ._types import CAM_METHODS
+    from .checks import float_arg, int_arg
 
-    parser = argparse.ArgumentParser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
+    # Checked at parse time: a meaningless number fails before any model is loaded.
+    POSITIVE_INT = int_arg(low=1)
+    SEED = int_arg(low=0, high=2**32 - 1)
+    PORT = int_arg(low=1, high=65535)
+    BOOST = float_arg(low=0.0, low_open=True)
+    # The map is clipped at the 99th percentile: the threshold must lie below it.
+    PERCENTILE = float_arg(low=0.0, high=99.0, high_open=True)
+
+    parser = _Parser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -311,11 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     model_opts(p)
     p.add_argument("--label", default=None, help="class index, WordNet id or name (default: known label, else prediction)")
-    p.add_argument("--k", type=int, default=10, help="number of top filters to boost (default 10)")
-    p.add_argument("--boost", type=float, default=100.0, help="boost factor of the chosen filters (default 100)")
+    p.add_argument("--k", type=POSITIVE_INT, default=10, help="number of top filters to boost (default 10)")
+    p.add_argument("--boost", type=BOOST, default=100.0, help="boost factor of the chosen filters (default 100)")
     p.add_argument("--filters", default=None, help="comma-separated filter ids to boost instead of the top k")
     p.add_argument("--mode", choices=["std", "raw", "norm"], default="std", help="what ranks the filters (default std)")
-    p.add_argument("--percentile", type=float, default=90.0, help="threshold percentile of the map (default 90)")
+    p.add_argument("--percentile", type=PERCENTILE, default=90.0, help="threshold percentile of the map (default 90)")
     p.add_argument("--cam", choices=list(CAM_METHODS), default="gradcam", help="CAM method (default gradcam)")
     p.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
     p.add_argument("--device", default=None)
@@ -334,15 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="output folder (default: the user cache, MODEL or, with --weights, MODEL@FINGERPRINT, "
                         "where explain and the explorer look)")
-    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--profiles", action="store_true",
                    help="also keep every image's profile (profiles.safetensors, float16) for neighbour search")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: skip it with a warning, listed in meta.json)")
-    p.add_argument("--checkpoint-every", type=int, default=8,
+    p.add_argument("--checkpoint-every", type=POSITIVE_INT, default=8,
                    help="batches between checkpoints (.OUT.partial; the same command resumes there; default 8)")
     p.set_defaults(func=cmd_stats)
 
@@ -352,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", default=None,
                    help="statistics for the summary line only (default: the model's own); the index never uses them")
     p.add_argument("--out", default=None, help="index folder (default: the user cache, where experiments look)")
-    p.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset order")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true", help="rebuild even when --out already holds this index")
@@ -368,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_legacy)
 
     p = sub.add_parser("dashboard", help="serve the interactive explorer as a web page (Voila) on 127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    p.add_argument("--port", type=PORT, default=None, help="TCP port (default: a free one)")
     p.add_argument("--model", default=None, help="efficientnet_lite0 (default), a torchvision name or timm:NAME")
     p.add_argument("--image", default=None, help="image to open first (default: the first of raw_images/)")
     p.add_argument("--data", default=None,
@@ -396,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         model_opts(q)
         q.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
         q.add_argument("--index", default=None, help="profile-index folder (default: found or built for the data)")
-        q.add_argument("--limit", type=int, default=None, help="use N images, evenly spaced over the dataset")
-        q.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-        q.add_argument("--batch-size", type=int, default=16)
+        q.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset")
+        q.add_argument("--seed", type=SEED, default=0, help="seed of every random choice (default 0)")
+        q.add_argument("--batch-size", type=POSITIVE_INT, default=16)
         q.add_argument("--device", default=None)
         q.add_argument("--out", default=None, help="output folder (default psal_out/experiments/NAME)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -416,9 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "dashboard (page load and clicks in Chromium)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--random-weights", action="store_true")
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=POSITIVE_INT, default=5)
     p.add_argument("--device", default=None)
-    p.add_argument("--clicks", type=int, default=10, help="timed filter clicks (click, dashboard; default 10)")
+    p.add_argument("--clicks", type=POSITIVE_INT, default=10, help="timed filter clicks (click, dashboard; default 10)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -426,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a parse error (2, already printed)
+        return done.code if isinstance(done.code, int) else 2
     if getattr(args, "offline", False):
         # An environment variable, so that the dashboard's kernel inherits it too.
         os.environ["PSAL_OFFLINE"] = "1"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -19,15 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from .imageio import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MIN_IMAGE_SIDE, ImageError, load_image, to_rgb
 from .labels import LabelSet, UnknownLabelError, ilsvrc_val_label, imagenet_labels
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT_RATIO",
+    "MAX_IMAGE_BYTES",
     "MIN_IMAGE_SIDE",
     "DatasetError",
     "ImageError",
@@ -42,171 +44,6 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 )
-
-#: Smallest accepted side in pixels: below this an image carries no usable content.
-MIN_IMAGE_SIDE = 8
-
-
-# -- single images -------------------------------------------------------------------------
-class ImageError(ValueError):
-    """An image cannot be used; the message names the file, the problem and the fix."""
-
-
-def _looks_like_text(head: bytes, *, renamed: bool) -> str | None:
-    """A hint for the common 'renamed text/HTML file' mistake, from the first bytes."""
-    probe = head.lstrip().lower()
-    if probe.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
-        return "it looks like an HTML/XML page (a saved web page or an SVG), not a photo"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return "it looks like a text file renamed with an image extension" if renamed else "it is text"
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB the way a viewer would show it.
-
-    Transparency is composited on white (a transparent background renders as black
-    otherwise, which classifiers read as content); 16-bit and float gray are scaled,
-    not clipped, to 8 bits.
-
-    Parameters
-    ----------
-    img : PIL.Image.Image
-        Any mode (``1``, ``L``, ``P``, ``LA``, ``RGBA``, ``CMYK``, ``I;16``, ``I``, ``F`` ...).
-
-    Returns
-    -------
-    PIL.Image.Image
-        Mode ``RGB``, same size.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = float(arr.max()) if arr.size else 0.0
-        if mode.startswith("I;16") or (mode == "I" and top > 255):
-            scale = 255.0 / 65535.0  # 16-bit sample range (PNG/TIFF) -> 8 bits
-        elif mode == "F" and top <= 1.0:
-            scale = 255.0  # float images are usually in [0, 1]
-        else:
-            scale = 1.0
-        gray = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info
-    ) or (mode in ("L", "RGB") and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
-def load_image(
-    source: str | os.PathLike[str] | bytes,
-    *,
-    max_pixels: int | None = None,
-    min_side: int = MIN_IMAGE_SIDE,
-) -> Image.Image:
-    """Read an image file (or its encoded bytes) into an upright RGB image.
-
-    The whole file is decoded here, so truncated or corrupt data fails now with a clear
-    message rather than later inside a model. EXIF orientation is applied.
-
-    Parameters
-    ----------
-    source : str, os.PathLike or bytes
-        A path (``~`` is expanded) or the encoded file content (JPEG, PNG, ...).
-    max_pixels : int, optional
-        Refuse images with more pixels (decompression-bomb guard); defaults to Pillow's
-        ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels). Pillow's own limit still applies
-        when this is larger.
-    min_side : int
-        Refuse images whose width or height is smaller.
-
-    Returns
-    -------
-    PIL.Image.Image
-        Mode ``RGB``, size (W, H) after orientation.
-
-    Raises
-    ------
-    ImageError
-        Missing file, a folder, empty file, not an image, truncated or corrupt data, too
-        large, too small, or an unsupported colour mode.
-    """
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        what = "the image data"
-        data = bytes(source)
-    else:
-        path = Path(os.fspath(source)).expanduser()
-        what = str(path)
-        if not path.exists():
-            raise ImageError(f"image not found: {what}: check the path and the current folder")
-        if path.is_dir():
-            raise ImageError(
-                f"{what} is a folder, not an image: pass one image file "
-                "(use open_dataset for a folder of images)"
-            )
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise ImageError(f"cannot read {what}: {err.strerror or err}") from err
-    if not data:
-        raise ImageError(f"{what} is empty (0 bytes): copy the image again")
-
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its limit; a warning here must stop us too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if limit is not None and w * h > limit:
-                raise ImageError(
-                    f"{what} is {w}x{h} pixels, over the {limit:,} pixel limit (a decompression "
-                    "bomb or a huge scan): downscale it first"
-                )
-            img.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(
-            f"{what} is too large to decode safely ({str(err).rstrip('.')}): downscale it first"
-        ) from err
-    except UnidentifiedImageError as err:
-        hint = _looks_like_text(data[:512], renamed=what != "the image data")
-        hint = hint or "its content is not a known image format"
-        raise ImageError(
-            f"{what} is not an image Pillow can read: {hint}; use a JPEG, PNG, BMP, WebP or "
-            "TIFF file"
-        ) from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        # Pillow reports truncated/corrupt payloads as OSError (and older codecs SyntaxError).
-        raise ImageError(
-            f"{what} is truncated or corrupt ({err}): copy it again or re-save it with an "
-            "image editor"
-        ) from err
-
-    if min(img.size) < min_side:
-        raise ImageError(
-            f"{what} is only {img.size[0]}x{img.size[1]} pixels: need at least {min_side} px "
-            "per side (is it a thumbnail or an icon?)"
-        )
-    try:
-        img = ImageOps.exif_transpose(img) or img
-    except Exception:  # noqa: BLE001 - a broken EXIF block should not hide a good picture
-        pass
-    try:
-        return to_rgb(img)
-    except (OSError, ValueError) as err:
-        raise ImageError(
-            f"{what} uses colour mode {img.mode!r}, which cannot be converted to RGB: "
-            "re-save it as an 8-bit RGB JPEG or PNG"
-        ) from err
 
 
 # -- preprocessing -------------------------------------------------------------------------

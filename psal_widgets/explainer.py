@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ._types import CamMethod, Mode, SortedProfile
+from .checks import filter_ids, profile_mode
 from .kernels.cam import cam_map, conv_layer_names
 from .kernels.filters import FilterIndex
 from .kernels.interventions import FilterPruner, Recipe
@@ -76,6 +77,7 @@ class Explainer:
         device: str | None = None,
         weights: str | os.PathLike[str] | None = None,
     ) -> None:
+        profile_mode(mode)  # before a model is loaded: a typo costs nothing
         self.model = load_model(model, weights=weights, device=device) if isinstance(model, str) else model
         self.index = FilterIndex(self.model.module)
         self.mode: Mode = mode
@@ -144,6 +146,8 @@ class Explainer:
         A tensor ``image`` must already be preprocessed, shape [3, H, W]; a NumPy array is a
         display image, uint8 [H, W, 3].
         """
+        if mode is not None:
+            profile_mode(mode)
         path = None
         if isinstance(image, torch.Tensor):
             x = image.detach().to(self.model.device)
@@ -230,7 +234,7 @@ class Analysis:
         self, filters: Sequence[int] | np.ndarray | None = None, *, k: int = 10, boost: float = 100.0
     ) -> np.ndarray:
         """Signed gradient of the cosine distance w.r.t. the input, shape [3, H, W]."""
-        ids = self.top_filters(k) if filters is None else np.asarray(filters, dtype=np.int64)
+        ids = self.top_filters(k) if filters is None else filter_ids(filters, n_filters=self.index.n_filters)
         return self._kernel.gradient(ids, boost=boost).cpu().numpy()
 
     def zero_map_reason(self, filters: Sequence[int] | np.ndarray) -> str | None:
@@ -240,7 +244,7 @@ class Analysis:
         every image) or boosting the whole profile leaves the target on the profile's ray: the
         cosine distance cannot change, so its gradient is exactly zero.
         """
-        ids = torch.as_tensor(np.asarray(filters, dtype=np.int64)).reshape(-1)
+        ids = torch.as_tensor(filter_ids(filters, n_filters=self.index.n_filters))
         if ids.numel() == 0 or not negligible_set(self._kernel.values, ids):
             return None
         inside = float(np.sum(self.profile[ids.numpy()] ** 2))
@@ -331,7 +335,7 @@ class Analysis:
             From :meth:`pruner` (built here when omitted).
         """
         pruner = pruner if pruner is not None else self.pruner()
-        logits = pruner.logits(self.x, np.asarray(filters, dtype=np.int64))
+        logits = pruner.logits(self.x, filter_ids(filters, n_filters=self.index.n_filters))
         return torch.softmax(logits.float(), dim=0).cpu().numpy()
 
     def release(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,7 +114,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
-        raise ModelError(f"cannot read weights from {path}: {err}") from err
+        raise ModelError(f"cannot read weights from {path}: {torch_load_problem(err)}") from err
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -122,12 +123,55 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def torch_load_problem(err: BaseException) -> str:
+    """What a failed ``torch.load(..., weights_only=True)`` means, in one short clause.
+
+    torch's own message for a file holding pickled objects advises re-running with
+    ``weights_only=False``, which would execute whatever the file contains: never repeat that.
+    """
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds pickled Python objects{what}, not only tensors, and loading those could run "
+                "code: refused. Re-save it as a plain state dict (torch.save(model.state_dict(), PATH)) "
+                "or as .safetensors")
+    # A short reason helps ("not a zip file"); a KeyError's pickle opcode number does not.
+    detail = f" ({text[:80]})" if text and "\n" not in text and not isinstance(err, KeyError) else ""
+    return (f"it is not a PyTorch checkpoint or safetensors file, or it is damaged{detail}: pass a .pth/.pt "
+            "file saved with torch.save, or a .safetensors file")
+
+
+def _mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Key counts of a state dict that does not fit ``module``, with the first of each kind."""
+    target = module.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(target[k].shape)}"
+              for k in target if k in state and state[k].shape != target[k].shape]
+    if not (missing or unexpected or shapes):
+        return None
+    parts, firsts = [], []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        parts.append(f"{len(items)} {label}")
+        if items:
+            firsts.append(f"{label.split()[0]} {items[0]}")
+    return f"{', '.join(parts)} (first: {'; '.join(firsts)})"
+
+
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0:3]
-        raise ModelError(f"the weights in {source} do not fit this architecture: {' '.join(first)}") from err
+    # Checked here: torch's own error lists every key, one ~5,000-character line for a ResNet.
+    problem = _mismatch(module, state)
+    if problem is None:
+        try:
+            module.load_state_dict(state, strict=True)
+            return
+        except RuntimeError as err:  # e.g. a dtype torch cannot copy: keep its first line
+            problem = str(err).splitlines()[0][:200]
+    raise ModelError(
+        f"the weights in {source} do not fit this architecture: {problem}. Pass weights saved from this "
+        "architecture, or the --model they belong to"
+    )
 
 
 # -- the embedded default ----------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import check_files, file_records, swap_into_place, temp_dir_beside, write_text_atomic
+from .checks import stats_problem
 from .kernels.filters import FilterIndex
 from .kernels.stats import FilterStats
 
@@ -291,6 +292,10 @@ def load_stats(
         raise StatsError(f"cannot read statistics in {folder}: {err}") from err
     if "mean" not in tensors or "std" not in tensors:
         raise StatsError(f"{tensor_file} has no 'mean'/'std' tensors: not a psal statistics file")
+    problem = stats_problem(tensors["mean"], tensors["std"])
+    if problem:
+        raise StatsError(f"the statistics in {folder} are unusable: {problem}; recompute them with "
+                         "`psal stats --data DIR --out DIR`")
     _check_consistent(folder, tensors, meta)
     stats = FilterStats(tensors["mean"].to(torch.float64), tensors["std"].to(torch.float64), meta)
     if index is not None:
@@ -366,7 +371,9 @@ def import_legacy(
     try:
         data = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise StatsError(f"cannot read {src} as a torch file of tensors: {err}") from err
+        from .models import torch_load_problem  # the same words as for a weights file
+
+        raise StatsError(f"cannot read {src} as a torch file of tensors: {torch_load_problem(err)}") from err
     if not isinstance(data, dict) or not {"mean", "std"} <= set(data):
         raise StatsError(f"{src} is not a legacy statistics file: expected a dict with 'mean' and 'std'")
     mean = torch.as_tensor(data["mean"]).detach().to(torch.float64).reshape(-1).clone()
@@ -376,6 +383,9 @@ def import_legacy(
             f"{src} holds {mean.numel()} filters but {model_name} has {index.n_filters}: "
             "it belongs to another architecture"
         )
+    problem = stats_problem(mean, std)
+    if problem:  # checked before anything is written
+        raise StatsError(f"{src} is not usable as statistics: {problem}")
     meta = {
         "model": model_name,
         "weights_id": None,

@@ -214,8 +214,10 @@ def test_input_saliency_validates(tiny):
     assert torch.equal(x, x0) and all(p.grad is None for p in tiny.parameters())
     with pytest.raises(ValueError, match="empty"):
         kernel.gradient([])
-    with pytest.raises(ValueError, match="lie in"):
+    with pytest.raises(ValueError, match="out of range: this model has 13 filters"):
         kernel.gradient([13])
+    with pytest.raises(ValueError, match="must be integers"):
+        kernel.gradient([1.5])  # never truncated to filter 1
     tiny.train()
     with pytest.raises(ValueError, match="eval mode"):
         InputSaliency(tiny, x, 0, index=index, mode="raw")

@@ -5,10 +5,13 @@ NumPy only at import time (the CLI imports every experiment module to build its 
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..checks import float_arg, int_arg
 
 if TYPE_CHECKING:
     from ..kernels.filters import FilterIndex
@@ -48,13 +51,22 @@ def depth_ranges(index: FilterIndex) -> dict[str, tuple[int, int]]:
 
 
 def float_list(text: str) -> list[float]:
-    """argparse ``type=`` for ``"1e-4,1e-2"`` -> ``[0.0001, 0.01]``."""
-    return [float(v) for v in str(text).split(",") if v.strip()]
+    """argparse ``type=`` for ``"1e-4,1e-2"`` -> ``[0.0001, 0.01]``: finite, non-negative values
+    (the lists are magnitudes: perturbation sizes, noise levels), at least one."""
+    parse = float_arg(low=0.0)
+    out = [parse(v) for v in str(text).split(",") if v.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1e-4,1e-2; got {text!r}")
+    return out
 
 
 def int_list(text: str) -> list[int]:
-    """argparse ``type=`` for ``"10,100"`` -> ``[10, 100]``."""
-    return [int(v) for v in str(text).split(",") if v.strip()]
+    """argparse ``type=`` for ``"10,100"`` -> ``[10, 100]``: integers >= 1 (set sizes), at least one."""
+    parse = int_arg(low=1)
+    out = [parse(v) for v in str(text).split(",") if v.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 10,100; got {text!r}")
+    return out
 
 
 def parse_ints(value: Any, *, name: str) -> list[int]:

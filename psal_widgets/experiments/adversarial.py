@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import int_arg
 from ._dataset import float_list
 from ._images import progress, standardize_np
 from .similarity import cosine_similarity, top_k_overlap
@@ -51,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float_list, default=[1e-4, 1e-3, 1e-2],
                         help="L2 radii of the perturbation, comma-separated "
                              "(default 1e-4,1e-3,1e-2; the paper's is 1e-4)")
-    parser.add_argument("--steps", type=int, default=10, help="projected gradient steps (default 10)")
+    parser.add_argument("--steps", type=int_arg(low=1), default=10, help="projected gradient steps (default 10)")
     parser.add_argument("--direction", choices=["max", "min"], default="max",
                         help="maximize (default) or minimize the loss")
-    parser.add_argument("--top-k", type=int, default=100, help="size of the top sets compared (default 100)")
+    parser.add_argument("--top-k", type=int_arg(low=1), default=100, help="size of the top sets compared (default 100)")
 
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..checks import float_arg, int_arg
 from ._dataset import int_list
 from ._images import images, predict, progress, standardize_np
 from .statistics import mean_ci
@@ -75,9 +76,9 @@ _METRICS = ("corrected_pct", "true_conf_change", "nn_corrected_pct", "nn_true_co
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int_list, default=list(DEFAULT_K),
                         help="numbers of filters to update, comma-separated (default 10,25,50,100,150,300)")
-    parser.add_argument("--step", type=float, default=0.001,
+    parser.add_argument("--step", type=float_arg(low=0.0, low_open=True), default=0.001,
                         help="L2 norm of the normalized step (default 0.001, the paper's for ResNet-50)")
-    parser.add_argument("--neighbors", type=int, default=10, help="nearest neighbours per image (default 10)")
+    parser.add_argument("--neighbors", type=int_arg(low=1), default=10, help="nearest neighbours per image (default 10)")
     parser.add_argument("--pool", default=None,
                         help="labelled dataset to find neighbours in (default: the other images of --data)")
     parser.add_argument("--normalize", choices=["updated", "network"], default="updated",

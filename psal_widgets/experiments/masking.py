@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import float_arg, int_arg
 from ._images import predict, progress, select_rows, standardize_np
 from .statistics import mean_ci, sign_flip_test
 
@@ -73,12 +74,12 @@ __all__ = ["add_arguments", "mask_pixels", "random_mask", "ranking_map", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", choices=["incorrect", "all", "correct"], default="incorrect",
                         help="images to study (default: the mistakes)")
-    parser.add_argument("--percent", type=float, default=5.0, help="share of pixels to mask, in %% (default 5)")
-    parser.add_argument("--k", type=int, default=10, help="top filters whose input map is used (default 10)")
-    parser.add_argument("--boost", type=float, default=100.0, help="boost of the chosen filters (default 100)")
-    parser.add_argument("--gain", type=float, default=25.0,
+    parser.add_argument("--percent", type=float_arg(low=0.0, high=100.0, low_open=True), default=5.0, help="share of pixels to mask, in %% (default 5)")
+    parser.add_argument("--k", type=int_arg(low=1), default=10, help="top filters whose input map is used (default 10)")
+    parser.add_argument("--boost", type=float_arg(low=0.0, low_open=True), default=100.0, help="boost of the chosen filters (default 100)")
+    parser.add_argument("--gain", type=float_arg(low=0.0, low_open=True), default=25.0,
                         help="list images whose true class rises by at least this many points (default 25)")
-    parser.add_argument("--examples", type=int, default=6, help="images shown in the figure (default 6)")
+    parser.add_argument("--examples", type=int_arg(low=0), default=6, help="images shown in the figure (default 6)")
 
 
 def ranking_map(grad: np.ndarray) -> np.ndarray:

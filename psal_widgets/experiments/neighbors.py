@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import int_arg
 from ._dataset import boot_rng, depth_ranges, require_stats, thumbnail
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-neighbors", type=int, default=10, help="neighbours per reference image (default 10)")
-    parser.add_argument("--gallery", type=int, default=4, help="reference mistakes shown in the gallery (default 4)")
+    parser.add_argument("--n-neighbors", type=int_arg(low=1), default=10, help="neighbours per reference image (default 10)")
+    parser.add_argument("--gallery", type=int_arg(low=0), default=4, help="reference mistakes shown in the gallery (default 4)")
 
 
 def _space_stats(ctx: ExperimentContext, nn: np.ndarray, correct: np.ndarray, label: np.ndarray,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import int_arg
 from ._dataset import DEPTHS, boot_rng, depth_ranges, require_stats
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--chunk", type=int, default=256, help="rows standardized at a time (memory bound)")
+    parser.add_argument("--chunk", type=int_arg(low=1), default=256, help="rows standardized at a time (memory bound)")
 
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import float_arg, int_arg
 from ._dataset import boot_rng, parse_ints, require_stats
 
 if TYPE_CHECKING:
@@ -44,12 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", choices=["zero-output", "paper-literal"], default="zero-output",
                         help="what 'off' means: the channel is 0 after its norm (default), or the original "
                              "code's zeroing of weights and batch-norm bias")
-    parser.add_argument("--perturb", type=float, default=None, metavar="SIGMA",
+    parser.add_argument("--perturb", type=float_arg(low=0.0, low_open=True), default=None, metavar="SIGMA",
                         help="A.6: add Gaussian noise N(0, SIGMA^2) to the chosen filters instead of turning them "
                              "off (the paper uses 0.001)")
     parser.add_argument("--images", choices=["incorrect", "correct"], default="incorrect",
                         help="study the mistakes (§3.1, default) or the correct predictions (A.2)")
-    parser.add_argument("--chunk", type=int, default=32, help="filter sets per forward pass (memory bound)")
+    parser.add_argument("--chunk", type=int_arg(low=1), default=32, help="filter sets per forward pass (memory bound)")
 
 
 def run(ctx: ExperimentContext) -> dict[str, Any]:

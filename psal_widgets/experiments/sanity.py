@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import int_arg
 from .similarity import cosine_similarity, spearman, top_k_overlap
 from .statistics import mean_ci
 
@@ -49,8 +50,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=int, default=10, help="top filters whose input map is compared (default 10)")
-    parser.add_argument("--examples", type=int, default=3, help="images shown in the figure (default 3)")
+    parser.add_argument("--k", type=int_arg(low=1), default=10, help="top filters whose input map is compared (default 10)")
+    parser.add_argument("--examples", type=int_arg(low=0), default=3, help="images shown in the figure (default 3)")
 
 
 def _ssim() -> Any:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..checks import int_arg
 from ._dataset import float_list
 from ._images import images, progress, standardize_np
 from .similarity import cosine_similarity, top_k_overlap
@@ -48,11 +49,11 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-samples", type=int, default=10, help="noisy copies per image (default 10)")
+    parser.add_argument("--n-samples", type=int_arg(low=1), default=10, help="noisy copies per image (default 10)")
     parser.add_argument("--noise", type=float_list, default=[0.1],
                         help="noise levels as fractions of the input range, comma-separated (default 0.1; "
                              "the paper shows 0.01,0.05,0.1,0.5)")
-    parser.add_argument("--top-k", type=int, default=100, help="size of the top sets compared (default 100)")
+    parser.add_argument("--top-k", type=int_arg(low=1), default=100, help="size of the top sets compared (default 100)")
 
 
 def vanilla_profiles(ctx: ExperimentContext) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import filter_ids
 from .saliency import InputSaliency, distance_weights
 
 __all__ = ["SaliencyBasis"]
@@ -71,7 +72,7 @@ class SaliencyBasis:
 
     def gradient(self, filters: Sequence[int] | np.ndarray, *, boost: float = 100.0) -> Tensor:
         """The same gradient as :meth:`InputSaliency.gradient`, shape [3, H, W], from the basis."""
-        ids = sorted({int(i) for i in filters})
+        ids = sorted({int(i) for i in filter_ids(filters, n_filters=self._kernel.values.numel())})
         if not ids:
             raise ValueError("the filter set is empty: pick at least one filter")
         missing = [i for i in ids if i not in self._maps]

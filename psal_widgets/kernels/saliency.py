@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._types import Mode
+from ..checks import boost_factor, filter_ids
 from .filters import FilterIndex
 from .grad_mode import requires_grad
 from .profiles import conv_weights, per_filter
@@ -70,7 +71,7 @@ def distance_weights(profile: Tensor, filters: Tensor, *, boost: float) -> tuple
     (a1, a2) : Python floats; both 0.0 when ``‖ŝ_F‖ / ‖ŝ‖ < NEGLIGIBLE`` or ``b == 1`` (the map is zero).
     """
     s = profile.detach().to(torch.float64)
-    b = float(boost)
+    b = boost_factor(boost)  # nan, inf, 0 or negative: refused here rather than a NaN map later
     ns = float(s.norm())
     if ns == 0.0 or b == 1.0 or negligible_set(s, filters):
         return 0.0, 0.0
@@ -158,11 +159,10 @@ class InputSaliency:
     def _filter_tensor(self, filters: Sequence[int] | Tensor | np.ndarray | None, k: int) -> Tensor:
         if filters is None:
             return self.top_filters(k)
-        ids = torch.as_tensor(np.asarray(filters, dtype=np.int64), device=self.values.device).reshape(-1)
+        # Integers only (1.7 is refused, never truncated to 1) and in range.
+        ids = torch.as_tensor(filter_ids(filters, n_filters=self.values.numel()), device=self.values.device)
         if ids.numel() == 0:
             raise ValueError("the filter set is empty: pick at least one filter")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.values.numel():
-            raise ValueError(f"filter ids must lie in [0, {self.values.numel()}); got {ids.tolist()}")
         return torch.unique(ids)
 
     def gradient(
