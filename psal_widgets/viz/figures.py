@@ -10,6 +10,10 @@ The chart has two traces:
    click or a selection maps straight back to filter ids.
 1. ``boosted``: the points of the boosted set F drawn on top, larger, in a contrasting colour,
    in the order of F (point ``j`` of this trace is filter ``F[j]``).
+2. ``dead``: the dead filters (σ = 0 over the validation set, so their standardized saliency
+   is 0 on every image and boosting them changes nothing), drawn over their points as small
+   grey hollow circles, in the order given (point ``j`` is filter ``dead[j]``); the hover says
+   why they sit at 0. No legend entry when the model has none.
 
 Ranks shown to people start at 1 (the most salient filter of the model), in the hover text and in
 ``customdata``.
@@ -31,9 +35,13 @@ import numpy as np
 from .._types import SortedProfile
 
 __all__ = [
+    "DEAD_HOVER_TEMPLATE",
+    "DEAD_NAME",
+    "DEAD_TRACE",
     "HOVER_TEMPLATE",
     "PROFILE_TRACE",
     "HIGHLIGHT_TRACE",
+    "dead_update",
     "highlight_update",
     "label_positions",
     "layer_groups",
@@ -49,14 +57,29 @@ __all__ = [
 #: Trace positions in the figure (the widget relies on this order).
 PROFILE_TRACE = 0
 HIGHLIGHT_TRACE = 1
+DEAD_TRACE = 2
 
 _POINT_COLOR = "#4c72b0"
 _HIGHLIGHT_COLOR = "#e8453c"
+#: Dead filters: a light grey ring with a white centre, a little larger than a live point so
+#: that it covers the blue dot under it, but lighter, so that 134 of them at 0 stay unobtrusive.
+_DEAD_MARKER = {"size": 6, "color": "white", "line": {"color": "#a0a0a0", "width": 1}}
+#: Legend entry of the dead-filter trace.
+DEAD_NAME = "dead filter (σ = 0)"
 
 #: Hover text: layer name (``text``), channel, saliency, rank (1 = most salient) and flat filter id.
 HOVER_TEMPLATE = (
     "<b>%{text}</b> channel %{customdata[1]}<br>"
     "standardized saliency %{y:.3f}<br>rank %{customdata[2]} (1 = most salient)<br>"
+    "filter id %{customdata[0]}<extra></extra>"
+)
+
+#: Hover text of a dead filter: why it sits at 0, and that its map is zero.
+DEAD_HOVER_TEMPLATE = (
+    "<b>%{text}</b> channel %{customdata[1]}<br>"
+    "<b>dead filter</b>: σ = 0 over the validation set,<br>"
+    "so its standardized saliency is %{y:.3f} on every image<br>"
+    "boosting it changes nothing: its input map is zero<br>"
     "filter id %{customdata[0]}<extra></extra>"
 )
 
@@ -169,6 +192,24 @@ def highlight_update(profile: SortedProfile, filters: Sequence[int] | np.ndarray
         "customdata": _customdata(profile)[pos],
         "text": names,
         "name": f"boosted set F ({pos.size})",
+    }
+
+
+def dead_update(profile: SortedProfile, dead: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """Data of the dead-filter trace, point ``j`` = filter ``dead[j]`` (where the profile puts it).
+
+    Returns
+    -------
+    dict
+        ``x``, ``y`` [D] float64, ``customdata`` [D, 3] int64, ``text`` (layer names, length D).
+    """
+    x, y, _, layer, _ = _arrays(profile)
+    pos = positions_of(profile, dead)
+    return {
+        "x": x[pos],
+        "y": y[pos],
+        "customdata": _customdata(profile)[pos],
+        "text": _layer_text(profile, layer[pos]),
     }
 
 
@@ -390,12 +431,13 @@ def profile_figure(
     profile: SortedProfile,
     filters: Sequence[int] | np.ndarray = (),
     *,
+    dead: Sequence[int] | np.ndarray = (),
     title: str = "",
     height: int = 420,
     width: int | None = None,
     max_layer_labels: int = 60,
 ) -> dict[str, Any]:
-    """The whole chart as ``{"data": [profile trace, highlight trace], "layout": {...}}``.
+    """The whole chart as ``{"data": [profile, highlight, dead], "layout": {...}}``.
 
     Parameters
     ----------
@@ -403,13 +445,17 @@ def profile_figure(
         Arrays of shape [F].
     filters : sequence of int
         The boosted set F, drawn as the highlight trace in this order.
+    dead : sequence of int
+        Dead filters (σ = 0 over the validation set; ``Session.dead_filters()``), drawn as the
+        dead trace in this order.
 
     Returns
     -------
     dict
         ``data[PROFILE_TRACE]`` is a ``scattergl`` trace with ``x``, ``y`` equal to the profile's
         arrays, ``customdata`` [F, 3] = ``[filter_id, channel, rank]`` and ``text`` = layer names;
-        ``data[HIGHLIGHT_TRACE]`` holds the F points (see :func:`highlight_update`).
+        ``data[HIGHLIGHT_TRACE]`` holds the F points (see :func:`highlight_update`),
+        ``data[DEAD_TRACE]`` the dead filters (see :func:`dead_update`).
     """
     x, _, _, layer, _ = _arrays(profile)
     # Selections must not dim the rest of the chart: a selection only adds filters to F.
@@ -435,6 +481,17 @@ def profile_figure(
         "showlegend": True,
         **highlight_update(profile, filters),
     }
+    dead_ids = np.asarray(dead, dtype=np.int64).reshape(-1)
+    dead_trace = {
+        "type": "scattergl",
+        "mode": "markers",
+        "name": DEAD_NAME,
+        "hovertemplate": DEAD_HOVER_TEMPLATE,
+        "marker": _DEAD_MARKER,
+        "unselected": unselected,
+        "showlegend": bool(dead_ids.size),
+        **dead_update(profile, dead_ids),
+    }
     layout = profile_layout(
         profile,
         filters,
@@ -443,4 +500,4 @@ def profile_figure(
         width=width,
         max_layer_labels=max_layer_labels,
     )
-    return {"data": [main, boosted], "layout": layout}
+    return {"data": [main, boosted, dead_trace], "layout": layout}
