@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
-    p.add_argument("what", choices=["kernels", "click", "stats", "neighbors", "dashboard"], nargs="?", default="kernels",
+    p.add_argument("what", choices=["kernels", "click", "stats", "neighbors", "dashboard"], nargs="?",
+                   default="kernels",
                    help="kernels (compute core), click (filter click -> new map, in process), stats (per-image "
                         "cost of psal stats / index), neighbors (top-10 queries over a synthetic memory-mapped "
                         "index), dashboard (page load and clicks in Chromium)")

@@ -171,8 +171,12 @@ def test_dead_filters_are_drawn_apart_exactly(profile: SortedProfile) -> None:
     # The hover says why the filter sits at 0.
     assert "dead filter" in tr["hovertemplate"] and "σ = 0" in tr["hovertemplate"]
     assert "%{customdata[0]}" in tr["hovertemplate"]
-    # The other traces are untouched: every filter on trace 0, F on trace 1.
+    # Trace 0 keeps every filter's place but leaves the dead ones to this trace (NaN: neither
+    # drawn nor hovered there, so the hover reaches the dead trace); F stays on trace 1.
     assert len(main["x"]) == profile.x.size
+    y0 = np.asarray(main["y"])
+    assert np.isnan(y0[pos]).all()
+    np.testing.assert_array_equal(np.delete(y0, pos), np.delete(profile.y, pos))
     np.testing.assert_array_equal(np.asarray(boosted["customdata"])[:, 0], [1, 7])
     with pytest.raises(ValueError, match="not in the profile"):
         profile_figure(profile, [], dead=[99])

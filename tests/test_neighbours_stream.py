@@ -168,6 +168,7 @@ def test_bench_neighbors_on_a_tiny_index(tmp_path):
     from psal_widgets.bench_neighbors import bench_neighbors
 
     res = bench_neighbors(n=300, n_filters=64, repeat=3, naive_n=100, folder=str(tmp_path))
+    assert 0 < res["baseline_rss_gb"] <= res["peak_rss_gb"]
     for key in ("query_s", "query_max_s", "peak_rss_gb", "build_s", "index_gb", "dense_float32_gb",
                 "naive_query_s", "naive_standardize_s", "stream_query_s_at_naive_n", "ratio_stream_over_naive"):
         assert np.isfinite(res[key]) and res[key] > 0, key

@@ -306,6 +306,14 @@ def _points_message(
     }
 
 
+def _drawn_y(s) -> np.ndarray:
+    """The y of trace 0: the layout's values, NaN where a dead filter is (drawn by trace 2)."""
+    lay = s.layout()
+    y = np.asarray(lay.y, dtype=np.float64).copy()
+    y[np.isin(np.asarray(lay.filter_id), s.dead_filters())] = np.nan
+    return y
+
+
 def _highlight_ids(app) -> list[int]:
     from psal_widgets.viz.figures import HIGHLIGHT_TRACE
 
@@ -336,7 +344,7 @@ def test_first_view(app) -> None:
     assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
     assert len(s.filters) == s.k == 10
     main = app.profile_panel.figure.data[0]
-    np.testing.assert_array_equal(np.asarray(main.y), s.layout().y)
+    np.testing.assert_array_equal(np.asarray(main.y), _drawn_y(s))
     assert app.maps_panel.map.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert app.maps_panel.cam.value != app.maps_panel.map.value
 
@@ -601,7 +609,7 @@ def test_label_picker_changes_the_label_under_study(app) -> None:
     assert s.label == target and s.label_source == "given"
     assert app.prediction_panel.label.value == f"{s.labels.name(target)} ({target})"
     assert _highlight_ids(app) == s.filters
-    np.testing.assert_array_equal(np.asarray(app.profile_panel.figure.data[0].y), s.layout().y)
+    np.testing.assert_array_equal(np.asarray(app.profile_panel.figure.data[0].y), _drawn_y(s))
     app.prediction_panel.request_label(None, default=True)
     app.wait_idle(60)
     assert s.label == old
@@ -903,6 +911,8 @@ def test_dead_filters_are_marked_exactly_and_stay_clickable() -> None:
         where = {int(f): p for p, f in enumerate(layout.filter_id)}
         np.testing.assert_array_equal(dead.x, layout.x[[where[2], where[9]]])
         np.testing.assert_array_equal(dead.y, layout.y[[where[2], where[9]]])
+        y0 = np.asarray(fig.data[0].y)
+        assert np.isnan(y0[[where[2], where[9]]]).all() and np.isfinite(np.delete(y0, [where[2], where[9]])).all()
         # A new profile (another label) re-sorts the layers: the marks follow their filters.
         other = next(i for i in range(3) if i != s.label)
         app.worker.call(lambda: s.set_label(other))

@@ -11,9 +11,10 @@ The chart has two traces:
 1. ``boosted``: the points of the boosted set F drawn on top, larger, in a contrasting colour,
    in the order of F (point ``j`` of this trace is filter ``F[j]``).
 2. ``dead``: the dead filters (σ = 0 over the validation set, so their standardized saliency
-   is 0 on every image and boosting them changes nothing), drawn over their points as small
-   grey hollow circles, in the order given (point ``j`` is filter ``dead[j]``); the hover says
-   why they sit at 0. No legend entry when the model has none.
+   is 0 on every image and boosting them changes nothing), drawn as small grey hollow circles
+   in the order given (point ``j`` is filter ``dead[j]``); the hover says why they sit at 0.
+   Their points on trace 0 are NaN (not drawn, not hovered, not selected), so that the hover
+   and a click there reach this trace. No legend entry when the model has none.
 
 Ranks shown to people start at 1 (the most salient filter of the model), in the hover text and in
 ``customdata``.
@@ -160,17 +161,29 @@ def _customdata(profile: SortedProfile) -> np.ndarray:
     return np.stack([ids, point_channels(profile), rank + 1], axis=1)
 
 
-def profile_update(profile: SortedProfile) -> dict[str, np.ndarray]:
+def profile_update(profile: SortedProfile, dead: Sequence[int] | np.ndarray = ()) -> dict[str, np.ndarray]:
     """What changes on the profile trace when the analysis changes (new image, label or mask).
+
+    Parameters
+    ----------
+    profile : SortedProfile
+    dead : sequence of int
+        Dead filters: their points are left out of this trace (``y`` NaN, which plotly neither
+        draws nor hovers) because the dead trace draws them; otherwise a hover there would
+        show this trace's point, which wins ties, and never say that the filter is dead.
 
     Returns
     -------
     dict
-        ``y`` [F] float64 saliency, ``customdata`` [F, 3] int64 rows ``[filter_id, channel, rank]``
-        (rank 1 = the most salient filter).
+        ``y`` [F] float64 saliency (NaN at dead filters), ``customdata`` [F, 3] int64 rows
+        ``[filter_id, channel, rank]`` (rank 1 = the most salient filter).
         (``x`` and the layer names only depend on the model.)
     """
     _, y, _, _, _ = _arrays(profile)
+    dead_ids = np.asarray(dead, dtype=np.int64).reshape(-1)
+    if dead_ids.size:
+        y = y.copy()
+        y[positions_of(profile, dead_ids)] = np.nan
     return {"y": y, "customdata": _customdata(profile)}
 
 
@@ -470,7 +483,7 @@ def profile_figure(
         "marker": {"size": 4, "color": _POINT_COLOR, "opacity": 0.75},
         "unselected": unselected,
         "showlegend": True,
-        **profile_update(profile),
+        **profile_update(profile, dead),
     }
     boosted = {
         "type": "scattergl",

@@ -1,9 +1,11 @@
 """The profile chart (paper Fig. 1/2 layout) and the controls of the boosted set F.
 
 Trace 0 holds every filter (scattergl), trace 1 the points of F on top, trace 2 the dead
-filters (σ = 0 over the validation set) as grey hollow circles over their points. A click on a
-point toggles that filter (a dead one too: its map is zero and the status line says why); a box or lasso selection (the chart's default drag mode is box select)
-adds every selected filter. Both reach Python through plotly's own FigureWidget callbacks
+filters (σ = 0 over the validation set) as grey hollow circles (their points on trace 0 are
+NaN, so hover and clicks reach trace 2). A click on a point toggles that filter (a dead one
+too: its map is zero and the status line says why); a box or lasso selection (the chart's
+default drag mode is box select) adds every selected live filter (dead ones change nothing).
+Both reach Python through plotly's own FigureWidget callbacks
 (``trace.on_click``, ``trace.on_selection``), and tests call :meth:`ProfilePanel.on_point_click`
 and :meth:`ProfilePanel.on_points_selected` directly.
 
@@ -383,7 +385,7 @@ class ProfilePanel:
         f_y = y[positions_of(profile, filters)] if filters else ()
         lo, hi, n_above = value_range(y, f_y)
         with self._figure_lock, self.figure.batch_update():
-            self.figure.data[PROFILE_TRACE].update(profile_update(profile))
+            self.figure.data[PROFILE_TRACE].update(profile_update(profile, self._dead))
             self.figure.data[HIGHLIGHT_TRACE].update(highlight_update(profile, filters))
             if self._dead:
                 self.figure.data[DEAD_TRACE].update(dead_update(profile, self._dead))
