@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -366,6 +366,7 @@ class ProfileIndex:
         k: int = 10,
         columns: slice | None = None,
         exclude: Sequence[int] = (),
+        backend: Literal["exact", "faiss"] = "exact",
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` rows whose standardized profiles are closest (cosine) to ``query``.
 
@@ -382,6 +383,8 @@ class ProfileIndex:
             Compare only these filters (:func:`~psal_widgets.kernels.neighbours.layer_columns`).
         exclude : sequence of int
             Rows never returned (e.g. the query image itself).
+        backend : {"exact", "faiss"}
+            ``faiss``: each chunk's inner products by FAISS (needs ``faiss-cpu``); same result.
 
         Returns
         -------
@@ -396,7 +399,7 @@ class ProfileIndex:
                 "they belong to another model"
             )
         return stream_neighbours(query, self._raw_base, stats.mean.double().numpy(), stats.std.double().numpy(),
-                                 k=k, columns=columns, exclude=exclude, rows=self.base_rows)
+                                 k=k, columns=columns, exclude=exclude, rows=self.base_rows, backend=backend)
 
     def all_neighbours(
         self, stats: FilterStats, *, k: int = 10, columns: slice | None = None

@@ -206,3 +206,37 @@ def test_bench_neighbors_cli_writes_json(tmp_path, monkeypatch, capsys):
     assert {"cpu", "cores"} <= set(got["machine"])
     assert "psal bench neighbors" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["nb.json"]
+
+
+def test_the_index_reader_streams_its_memmap_and_subsets(bank_on_disk, tmp_path):
+    """ProfileIndex.neighbours / all_neighbours (what the session and the experiment call) on
+    the memory-mapped profiles, for the whole index and for a reordered subset of it."""
+    import torch
+
+    from psal_widgets.index import IndexError_, ProfileIndex
+    from psal_widgets.kernels.stats import FilterStats
+
+    mm, raw, mean, std = bank_on_disk
+    table = {"label": np.zeros(N, dtype=np.int64), "pred": np.zeros(N, dtype=np.int64),
+             "top5": np.zeros((N, 5), dtype=np.int64), "top5_prob": np.zeros((N, 5), dtype=np.float32),
+             "correct": np.ones(N, dtype=bool), "loss": np.zeros(N, dtype=np.float32)}
+    idx = ProfileIndex(tmp_path, {}, table, [f"{i}.png" for i in range(N)], mm, None)
+    stats = FilterStats(torch.from_numpy(mean), torch.from_numpy(std))
+    bank = standardize_bank(raw, mean, std)
+    query = bank[8] + 0.3
+    cols = slice(4, 13)
+    got = idx.neighbours(query, stats, k=7, columns=cols, exclude=[8])
+    ref = cosine_neighbours(query, bank, k=7, columns=cols, exclude=[8])
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5)
+    rows = np.random.default_rng(2).permutation(N)[:40]
+    sub = idx.subset(rows)
+    got = sub.neighbours(query, stats, k=7)
+    ref = cosine_neighbours(query, bank[rows], k=7)
+    np.testing.assert_array_equal(got[0], ref[0])  # rows of the subset, not of the file
+    nn, _ = sub.all_neighbours(stats, k=3)
+    ref_nn, _ = all_neighbours(bank[rows], k=3)
+    assert (nn != ref_nn).sum() <= 2
+    other = FilterStats(torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(IndexError_, match="another model"):
+        idx.neighbours(query, other)
