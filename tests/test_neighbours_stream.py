@@ -76,9 +76,13 @@ def test_a_subset_view_the_exclusions_and_small_k(bank_on_disk):
     assert len(ids) == 48  # every row but the two excluded ones
     one, _ = stream_neighbours(query, mm, mean, std, k=1, rows=rows)
     assert one.tolist() == [4]  # the query's own row is its nearest neighbour
-    # A zero query is at similarity 0 to everything: ties, lower row first.
-    zero_ids, zero_sims = stream_neighbours(np.zeros(F), mm, mean, std, k=3)
-    assert zero_ids.tolist() == [0, 1, 2] and zero_sims.tolist() == [0.0, 0.0, 0.0]
+    # A zero query is at similarity 0 to everything: ties, lower row first, across chunks.
+    for chunk in (1, 5, 64):
+        zero_ids, zero_sims = stream_neighbours(np.zeros(F), mm, mean, std, k=30, chunk=chunk)
+        assert zero_ids.tolist() == list(range(30)) and zero_sims.tolist() == [0.0] * 30
+        rev = np.arange(N)[::-1]
+        zero_ids, _ = stream_neighbours(np.zeros(F), mm, mean, std, k=30, rows=rev, chunk=chunk)
+        assert zero_ids.tolist() == list(range(30))  # rows of the view, read in another order
 
 
 def test_memory_stays_a_few_chunks(tmp_path):

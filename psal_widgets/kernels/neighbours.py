@@ -362,7 +362,8 @@ def _merge(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray,
     ok = cand_s > -np.inf
     cand_s, cand_i = cand_s[ok], cand_i[ok]
     if cand_s.size > keep:
-        sel = np.argpartition(-cand_s, keep - 1)[:keep]
+        # A full sort of at most keep + chunk entries: exact ties at the cut keep the lower rows.
+        sel = np.lexsort((cand_i, -cand_s))[:keep]
         cand_s, cand_i = cand_s[sel], cand_i[sel]
     return cand_s, cand_i
 
