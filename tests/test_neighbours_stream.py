@@ -118,6 +118,11 @@ def test_all_neighbours_streamed_equal_the_in_memory_path(bank_on_disk):
         assert np.all(np.abs(sims[differ] - ref_sims[differ]) < 1e-6)
         assert differ.sum() <= 2
         assert not (nn == np.arange(N)[:, None]).any()  # a row never lists itself
+    # Rows that standardize to 0 tie at similarity 0 with everything: lower rows first,
+    # whatever the chunks (also at the cut between kept and dropped candidates).
+    nn, sims = stream_all_neighbours(np.zeros((N, F), dtype=np.float16), np.zeros(F), std, k=20, block=7, chunk=5)
+    assert nn[0].tolist() == list(range(1, 21)) and nn[50].tolist() == list(range(20))
+    assert np.all(sims == 0)
     with pytest.raises(ValueError, match="k must lie"):
         stream_all_neighbours(mm, mean, std, k=N)
 

@@ -535,19 +535,17 @@ def stream_all_neighbours(
         for q_pos, q_block in _raw_chunks(raw, view, block):
             qz = unit(*queries(q_block)).clone()
             b = q_pos.size
-            best_s = torch.full((b, 0), -np.inf)
-            best_i = torch.zeros((b, 0), dtype=torch.int64)
+            best_s = np.full((b, 0), -np.inf, dtype=np.float32)
+            best_i = np.zeros((b, 0), dtype=np.int64)
             for pos, c_block in _raw_chunks(raw, view, chunk):
-                s = qz @ unit(*bank(c_block)).T
-                p = torch.from_numpy(pos)
-                s[torch.from_numpy(q_pos[:, None] == pos[None, :])] = -np.inf  # never the row itself
-                cand_s = torch.cat([best_s, s], dim=1)
-                cand_i = torch.cat([best_i, p.expand(b, -1)], dim=1)
-                top = torch.topk(cand_s, min(k + _RESCORE_EXTRA, cand_s.shape[1]), dim=1)
-                best_s, best_i = top.values, torch.gather(cand_i, 1, top.indices)
-            s_np, i_np = best_s.numpy(), best_i.numpy()
-            # Most similar first, ties: lower row first (as all_neighbours).
-            order = np.lexsort((i_np, -s_np), axis=1)[:, :k]
-            idx[q_pos] = np.take_along_axis(i_np, order, axis=1)
-            sims[q_pos] = np.take_along_axis(s_np, order, axis=1)
+                s = (qz @ unit(*bank(c_block)).T).numpy()
+                s[q_pos[:, None] == pos[None, :]] = -np.inf  # never the row itself
+                cand_s = np.concatenate([best_s, s], axis=1)
+                cand_i = np.concatenate([best_i, np.broadcast_to(pos, s.shape)], axis=1)
+                # Most similar first, ties: lower row first (as all_neighbours), also at the cut.
+                order = np.lexsort((cand_i, -cand_s), axis=1)[:, : k + _RESCORE_EXTRA]
+                best_s = np.take_along_axis(cand_s, order, axis=1)
+                best_i = np.take_along_axis(cand_i, order, axis=1)
+            idx[q_pos] = best_i[:, :k]
+            sims[q_pos] = best_s[:, :k]
     return idx, sims
