@@ -45,6 +45,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/psal bench kernels --json psal_out/bench-kernels.json
 	$(BIN)/psal bench click --json psal_out/bench-click.json
 	$(BIN)/psal bench dashboard --json psal_out/bench-dashboard.json
+	$(BIN)/psal bench neighbors --json psal_out/bench-neighbors.json
 
 clean:
 	rm -rf psal_out .pytest_cache

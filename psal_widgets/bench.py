@@ -350,15 +350,25 @@ def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle
 
 
 def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None = None,
-              random_weights: bool = False, clicks: int = 10) -> dict[str, Any]:
+              random_weights: bool = False, clicks: int = 10, n: int = 50_000, n_filters: int = 26_560,
+              naive_n: int = 5_000) -> dict[str, Any]:
     """Run a benchmark, print a table and return the figures.
 
     ``kernels``: the compute core (``repeat`` runs each). ``click``: filter click -> new map in
     the explorer, in process (``clicks`` timed clicks). ``dashboard``: ``psal dashboard`` in
     Chromium, page open -> interactive chart and ``clicks`` clicks -> new map. ``stats``: per-image
     cost of the statistics / index profiles (``filter_profiles`` with ``auto``, batch 16) against
-    the original loop, a batched training step, and each strategy, side by side.
+    the original loop, a batched training step, and each strategy, side by side. ``neighbors``:
+    top-10 cosine queries over a synthetic memory-mapped ``n x n_filters`` float16 index
+    (``repeat`` queries; :mod:`.bench_neighbors`), with the in-memory path at ``naive_n`` rows.
     """
+    if what == "neighbors":
+        from .bench_neighbors import bench_neighbors, print_neighbors
+
+        res = bench_neighbors(n=n, n_filters=n_filters, repeat=repeat, naive_n=naive_n)
+        res["machine"] = machine_info("cpu")
+        print_neighbors(res)
+        return res
     if clicks < 1:
         raise ValueError(f"--clicks must be at least 1, got {clicks}")
     if what == "click":
@@ -422,7 +432,7 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
               f"vmap / ours {res['ratio_vmap_over_ours']:.2f}")
         return res
     if what != "kernels":
-        raise ValueError(f"unknown benchmark {what!r}; available: kernels, click, stats, dashboard")
+        raise ValueError(f"unknown benchmark {what!r}; available: kernels, click, stats, neighbors, dashboard")
     res = _bench_kernels(model_name, repeat=repeat, device=device, random_weights=random_weights)
     res.setdefault("machine", machine_info(res.get("device")))
     print(f"psal bench kernels: {res['model']} on {res['device']} ({res['threads']} threads), "

@@ -366,7 +366,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     report = run_bench(args.what, model_name=args.model, repeat=args.repeat, device=args.device,
-                       random_weights=args.random_weights, clicks=args.clicks)
+                       random_weights=args.random_weights, clicks=args.clicks, n=args.n, n_filters=args.filters,
+                       naive_n=args.naive_n)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -500,14 +501,21 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)")
-    p.add_argument("what", choices=["kernels", "click", "stats", "dashboard"], nargs="?", default="kernels",
-                   help="kernels (compute core), click (filter click -> new map, in process), "
-                        "dashboard (page load and clicks in Chromium)")
+    p.add_argument("what", choices=["kernels", "click", "stats", "neighbors", "dashboard"], nargs="?",
+                   default="kernels",
+                   help="kernels (compute core), click (filter click -> new map, in process), stats (per-image "
+                        "cost of psal stats / index), neighbors (top-10 queries over a synthetic memory-mapped "
+                        "index), dashboard (page load and clicks in Chromium)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--random-weights", action="store_true")
     p.add_argument("--repeat", type=POSITIVE_INT, default=5)
     p.add_argument("--device", default=None)
     p.add_argument("--clicks", type=POSITIVE_INT, default=10, help="timed filter clicks (click, dashboard; default 10)")
+    p.add_argument("--n", type=POSITIVE_INT, default=50_000, help="neighbors: rows of the synthetic index (default 50,000)")
+    p.add_argument("--filters", type=POSITIVE_INT, default=26_560,
+                   help="neighbors: filters of the synthetic index (default 26,560, ResNet-50)")
+    p.add_argument("--naive-n", type=int, default=5_000,
+                   help="neighbors: rows of the side-by-side run of the in-memory path (default 5,000; 0 skips it)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -27,7 +27,7 @@ from .kernels.interventions import FilterPruner, Recipe
 from .kernels.layout import sorted_profile
 from .kernels.basis import SaliencyBasis
 from .kernels.saliency import InputSaliency, negligible_set
-from .kernels.standardize import zscore
+from .kernels.standardize import STD_FLOOR, zscore
 from .kernels.stats import FilterStats
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .session.resolve import choose_label, known_label, known_label_index, read_image
@@ -103,6 +103,18 @@ class Explainer:
     def cam_layers(self) -> list[str]:
         """Conv layer names a CAM can attach to, in module order (the default is the last)."""
         return conv_layer_names(self.model.module)
+
+    def dead_filters(self) -> np.ndarray:
+        """Ids of the dead filters: std ≤ 1e-14 over the validation set, so their standardized
+        saliency is 0 on every image (134 in the default model). Empty without statistics.
+
+        Returns
+        -------
+        np.ndarray of int64, ascending
+        """
+        if self.stats is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.stats.std.double().numpy() <= STD_FLOOR).astype(np.int64)
 
     def prepare(self, image: ImageLike) -> tuple[torch.Tensor, np.ndarray]:
         """Load and preprocess an image.

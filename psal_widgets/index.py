@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -336,6 +336,70 @@ class ProfileIndex:
             block[order] = self._raw_base[b[order]]
             out[start : start + chunk] = (block - mean) / std
         return out
+
+    def neighbours(
+        self,
+        query: np.ndarray,
+        stats: FilterStats,
+        *,
+        k: int = 10,
+        columns: slice | None = None,
+        exclude: Sequence[int] = (),
+        backend: Literal["exact", "faiss"] = "exact",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` rows whose standardized profiles are closest (cosine) to ``query``.
+
+        Streamed over the memory-mapped float16 profiles (never the N x F standardized matrix;
+        :func:`~psal_widgets.kernels.neighbours.stream_neighbours`).
+
+        Parameters
+        ----------
+        query : np.ndarray, shape [F]
+            A standardized profile (the same statistics).
+        stats : FilterStats
+        k : int
+        columns : slice, optional
+            Compare only these filters (:func:`~psal_widgets.kernels.neighbours.layer_columns`).
+        exclude : sequence of int
+            Rows never returned (e.g. the query image itself).
+        backend : {"exact", "faiss"}
+            ``faiss``: each chunk's inner products by FAISS (needs ``faiss-cpu``); same result.
+
+        Returns
+        -------
+        (np.ndarray of int64 [k], np.ndarray of float64 [k])
+            Rows and similarities, most similar first (ties: lower row first).
+        """
+        from .kernels.neighbours import stream_neighbours
+
+        if stats.n_filters != self.n_filters:
+            raise IndexError_(
+                f"the statistics describe {stats.n_filters} filters but the index has {self.n_filters}: "
+                "they belong to another model"
+            )
+        return stream_neighbours(query, self._raw_base, stats.mean.double().numpy(), stats.std.double().numpy(),
+                                 k=k, columns=columns, exclude=exclude, rows=self.base_rows, backend=backend)
+
+    def all_neighbours(
+        self, stats: FilterStats, *, k: int = 10, columns: slice | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of every row among the others (standardized profiles, cosine),
+        streamed (:func:`~psal_widgets.kernels.neighbours.stream_all_neighbours`).
+
+        Returns
+        -------
+        (np.ndarray of int64 [N, k], np.ndarray of float32 [N, k])
+            Most similar first (ties: lower row first); a row never lists itself.
+        """
+        from .kernels.neighbours import stream_all_neighbours
+
+        if stats.n_filters != self.n_filters:
+            raise IndexError_(
+                f"the statistics describe {stats.n_filters} filters but the index has {self.n_filters}: "
+                "they belong to another model"
+            )
+        return stream_all_neighbours(self._raw_base, stats.mean.double().numpy(), stats.std.double().numpy(),
+                                     k=k, columns=columns, rows=self.base_rows)
 
     def rows_for(self, files: Sequence[str]) -> np.ndarray:
         """Row of each file (relative path as in :attr:`files`).

@@ -173,7 +173,8 @@ def _assert_first_screen(page: Page, size: dict, name: str) -> None:
         inside = b["x"] >= 0 and b["y"] >= 0 and right <= boxes["vw"] + 0.5 and bottom <= boxes["vh"] + 0.5
         assert inside, f"{part} {b} is not inside the {size} viewport"
     assert boxes["app"]["w"] >= 0.95 * boxes["vw"] - 40, boxes  # the app uses the window's width
-    assert boxes["legend"] == 2 and boxes["colorbars"] >= 2 and boxes["explain"] >= 6, boxes
+    # Legend: every filter, the boosted set F, and the default model's dead filters (σ = 0).
+    assert boxes["legend"] == 3 and boxes["colorbars"] >= 2 and boxes["explain"] >= 6, boxes
     assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
 
 

@@ -9,6 +9,8 @@ import pytest
 from psal_widgets._types import SortedProfile
 from psal_widgets.viz.encode import png_bytes, thumbnail
 from psal_widgets.viz.figures import (
+    DEAD_NAME,
+    DEAD_TRACE,
     HIGHLIGHT_TRACE,
     PROFILE_TRACE,
     clipped_note,
@@ -136,10 +138,48 @@ def test_value_range_ignores_outliers_but_keeps_f() -> None:
 
 
 def test_every_trace_has_a_legend_entry(profile: SortedProfile) -> None:
-    fig = profile_figure(profile, [1, 2])
+    fig = profile_figure(profile, [1, 2], dead=[4])
     assert fig["layout"]["showlegend"] is True
     for trace in fig["data"]:
         assert trace["showlegend"] is True and trace["name"]
+    # A model without dead filters gets no "dead filter" legend entry (an empty trace).
+    plain = profile_figure(profile, [1, 2])["data"][DEAD_TRACE]
+    assert plain["showlegend"] is False and len(plain["x"]) == 0
+
+
+def test_dead_filters_are_drawn_apart_exactly(profile: SortedProfile) -> None:
+    dead = [7, 0, 10]  # in three different layers, given in no particular order
+    fig = profile_figure(profile, [1, 7], dead=dead)
+    assert [t["type"] for t in fig["data"]] == ["scattergl"] * 3
+    tr = fig["data"][DEAD_TRACE]
+    cd = np.asarray(tr["customdata"])
+    assert cd[:, 0].tolist() == dead  # point j of the trace is dead[j], nothing else
+    where = {int(f): p for p, f in enumerate(profile.filter_id)}
+    pos = [where[f] for f in dead]
+    # Drawn exactly over the filters' own points, with their layer, channel and rank.
+    np.testing.assert_array_equal(tr["x"], profile.x[pos])
+    np.testing.assert_array_equal(tr["y"], profile.y[pos])
+    assert cd[:, 1].tolist() == [_expected_channel(f) for f in dead]
+    np.testing.assert_array_equal(cd[:, 2], profile.rank[pos] + 1)
+    assert tr["text"] == [NAMES[profile.layer[p]] for p in pos]
+    assert tr["name"] == DEAD_NAME == "dead filter (σ = 0)"
+    # A style of its own: hollow (white fill, grey ring), unlike the blue dots and the red F.
+    main, boosted = fig["data"][PROFILE_TRACE], fig["data"][HIGHLIGHT_TRACE]
+    assert tr["marker"]["color"] == "white" and tr["marker"]["line"]["width"] > 0
+    assert tr["marker"]["color"] not in (main["marker"]["color"], boosted["marker"]["color"])
+    assert tr["marker"]["size"] < boosted["marker"]["size"]
+    # The hover says why the filter sits at 0.
+    assert "dead filter" in tr["hovertemplate"] and "σ = 0" in tr["hovertemplate"]
+    assert "%{customdata[0]}" in tr["hovertemplate"]
+    # Trace 0 keeps every filter's place but leaves the dead ones to this trace (NaN: neither
+    # drawn nor hovered there, so the hover reaches the dead trace); F stays on trace 1.
+    assert len(main["x"]) == profile.x.size
+    y0 = np.asarray(main["y"])
+    assert np.isnan(y0[pos]).all()
+    np.testing.assert_array_equal(np.delete(y0, pos), np.delete(profile.y, pos))
+    np.testing.assert_array_equal(np.asarray(boosted["customdata"])[:, 0], [1, 7])
+    with pytest.raises(ValueError, match="not in the profile"):
+        profile_figure(profile, [], dead=[99])
 
 
 EFFNET = (

@@ -306,6 +306,14 @@ def _points_message(
     }
 
 
+def _drawn_y(s) -> np.ndarray:
+    """The y of trace 0: the layout's values, NaN where a dead filter is (drawn by trace 2)."""
+    lay = s.layout()
+    y = np.asarray(lay.y, dtype=np.float64).copy()
+    y[np.isin(np.asarray(lay.filter_id), s.dead_filters())] = np.nan
+    return y
+
+
 def _highlight_ids(app) -> list[int]:
     from psal_widgets.viz.figures import HIGHLIGHT_TRACE
 
@@ -336,7 +344,7 @@ def test_first_view(app) -> None:
     assert _highlight_ids(app) == s.filters == _selected_text_ids(app)
     assert len(s.filters) == s.k == 10
     main = app.profile_panel.figure.data[0]
-    np.testing.assert_array_equal(np.asarray(main.y), s.layout().y)
+    np.testing.assert_array_equal(np.asarray(main.y), _drawn_y(s))
     assert app.maps_panel.map.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert app.maps_panel.cam.value != app.maps_panel.map.value
 
@@ -601,7 +609,7 @@ def test_label_picker_changes_the_label_under_study(app) -> None:
     assert s.label == target and s.label_source == "given"
     assert app.prediction_panel.label.value == f"{s.labels.name(target)} ({target})"
     assert _highlight_ids(app) == s.filters
-    np.testing.assert_array_equal(np.asarray(app.profile_panel.figure.data[0].y), s.layout().y)
+    np.testing.assert_array_equal(np.asarray(app.profile_panel.figure.data[0].y), _drawn_y(s))
     app.prediction_panel.request_label(None, default=True)
     app.wait_idle(60)
     assert s.label == old
@@ -854,3 +862,113 @@ def test_an_explorer_that_fails_to_build_leaves_nothing_behind(monkeypatch) -> N
         threading.Event().wait(0.05)
     assert threading.active_count() == n_threads
     assert _widget_count() == n_widgets
+
+
+# -- dead filters on the chart (σ = 0 over the validation set) --------------------------------------
+def _tiny_explorer(std_zero: tuple[int, ...]):
+    import torch
+    from PIL import Image
+
+    from psal_widgets.data import Preprocess
+    from psal_widgets.explainer import Explainer
+    from psal_widgets.kernels.stats import FilterStats
+    from psal_widgets.models import from_module
+    from psal_widgets.session import Session
+    from psal_widgets.widgets import Explorer
+
+    from .conftest import make_tiny
+
+    model = from_module(make_tiny(), labels=["ant", "bee", "cat"], preprocess=Preprocess(resize=16, crop=16),
+                        device="cpu")
+    std = torch.linspace(0.01, 0.02, 13, dtype=torch.float64)
+    std[list(std_zero)] = 0.0
+    explainer = Explainer(model, stats=FilterStats(torch.zeros(13, dtype=torch.float64), std))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8))
+    app = Explorer(session=Session(model=explainer, image=image, k=3))
+    app.wait_idle(60)
+    return app
+
+
+def _dead_trace_ids(app) -> list[int]:
+    from psal_widgets.viz.figures import DEAD_TRACE
+
+    cd = app.profile_panel.figure.data[DEAD_TRACE].customdata
+    return [] if cd is None else [int(r[0]) for r in np.asarray(cd)]
+
+
+def test_dead_filters_are_marked_exactly_and_stay_clickable() -> None:
+    from psal_widgets.viz.figures import DEAD_NAME, DEAD_TRACE
+
+    app = _tiny_explorer((2, 9))  # conv1 channel 2 and pw channel 1
+    try:
+        s, panel = app.session, app.profile_panel
+        fig = panel.figure
+        assert s.dead_filters() == [2, 9]
+        assert _dead_trace_ids(app) == [2, 9]
+        dead = fig.data[DEAD_TRACE]
+        assert dead.name == DEAD_NAME and dead.showlegend is True
+        layout = s.layout()
+        where = {int(f): p for p, f in enumerate(layout.filter_id)}
+        np.testing.assert_array_equal(dead.x, layout.x[[where[2], where[9]]])
+        np.testing.assert_array_equal(dead.y, layout.y[[where[2], where[9]]])
+        y0 = np.asarray(fig.data[0].y)
+        assert np.isnan(y0[[where[2], where[9]]]).all() and np.isfinite(np.delete(y0, [where[2], where[9]])).all()
+        # A new profile (another label) re-sorts the layers: the marks follow their filters.
+        other = next(i for i in range(3) if i != s.label)
+        app.worker.call(lambda: s.set_label(other))
+        app.worker.call(lambda: panel.show_profile(s.layout(), s.filters))
+        layout = s.layout()
+        where = {int(f): p for p, f in enumerate(layout.filter_id)}
+        np.testing.assert_array_equal(fig.data[DEAD_TRACE].x, layout.x[[where[2], where[9]]])
+        np.testing.assert_array_equal(fig.data[DEAD_TRACE].y, layout.y[[where[2], where[9]]])
+        assert _dead_trace_ids(app) == [2, 9]
+        # A click on the second dead point (what the browser sends for trace 2) toggles filter 9.
+        assert 9 not in s.filters
+        fig._js2py_pointsCallback = _points_message("plotly_click", DEAD_TRACE, [1], figure=fig)
+        app.wait_idle(60)
+        assert s.filters[-1] == 9 and _highlight_ids(app) == s.filters
+        fig._js2py_pointsCallback = _points_message("plotly_click", DEAD_TRACE, [1], figure=fig)
+        app.wait_idle(60)
+        assert 9 not in s.filters
+        assert app.status.errors == []
+    finally:
+        app.close()
+
+
+def test_no_dead_filters_no_legend_entry() -> None:
+    from psal_widgets.viz.figures import DEAD_TRACE
+
+    app = _tiny_explorer(())
+    try:
+        assert app.session.dead_filters() == [] and _dead_trace_ids(app) == []
+        assert app.profile_panel.figure.data[DEAD_TRACE].showlegend is False
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_the_default_models_dead_filters_are_marked_and_explained(app) -> None:
+    from psal_widgets.viz.figures import DEAD_TRACE
+
+    s = app.session
+    std = s.explainer.stats.std.numpy()
+    expected = np.flatnonzero(std <= 1e-14).tolist()
+    assert len(expected) == 134  # GUIDE §3
+    assert s.dead_filters() == expected == _dead_trace_ids(app)
+    np.testing.assert_array_equal(app.profile_panel.figure.data[DEAD_TRACE].y, 0.0)  # ŝ = 0 on every image
+    before, mode = s.filters, s.filter_mode
+    try:
+        app.worker.call(lambda: app.profile_panel.set_filters([]))
+        app.wait_idle(60)
+        fig = app.profile_panel.figure
+        fig._js2py_pointsCallback = _points_message("plotly_click", DEAD_TRACE, [5], figure=fig)
+        app.wait_idle(60)
+        assert s.filters == [expected[5]]
+        assert "Map is all zero" in app.status.line.value and "dead filters" in app.status.line.value
+    finally:
+        if mode == "top-k":
+            app.worker.call(app.profile_panel.reset_to_top_k)
+        else:
+            app.worker.call(lambda: app.profile_panel.set_filters(before))
+        app.wait_idle(60)
+        assert s.filters == before

@@ -68,12 +68,13 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         raise ValueError(f"--n-neighbors must lie in [1, {n - 1}] for {n} images; got {k}")
     correct = np.asarray(idx.correct, dtype=bool)
     label, pred = np.asarray(idx.label), np.asarray(idx.pred)
-    bank = idx.standardized(stats)  # float32 [N, F]
+    # Saliency spaces are streamed over the index's memory-mapped float16 profiles, standardized
+    # chunk by chunk (never the N x F float32 matrix); features are small ([N, D]) and in memory.
     ranges = depth_ranges(findex)
-    spaces: dict[str, tuple[np.ndarray, slice | None, str]] = {
-        "saliency": (bank, None, "all filters"),
-        "shallow": (bank, layer_columns(findex, ranges["shallow"]), "layers {}-{}".format(*ranges["shallow"])),
-        "deep": (bank, layer_columns(findex, ranges["deep"]), "layers {}-{}".format(*ranges["deep"])),
+    spaces: dict[str, tuple[np.ndarray | None, slice | None, str]] = {
+        "saliency": (None, None, "all filters"),
+        "shallow": (None, layer_columns(findex, ranges["shallow"]), "layers {}-{}".format(*ranges["shallow"])),
+        "deep": (None, layer_columns(findex, ranges["deep"]), "layers {}-{}".format(*ranges["deep"])),
     }
     if idx.features is not None:
         spaces["features"] = (np.asarray(idx.features, dtype=np.float32), None,
@@ -81,7 +82,10 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
     neighbours: dict[str, np.ndarray] = {}
     for key, (name, (data, cols, what)) in enumerate(spaces.items()):
-        nn, _ = all_neighbours(data, k=k, columns=cols)
+        if data is None:
+            nn, _ = idx.all_neighbours(stats, k=k, columns=cols)
+        else:
+            nn, _ = all_neighbours(data, k=k, columns=cols)
         neighbours[name] = nn
         results[name] = {**_space_stats(ctx, nn, correct, label, pred, key), "space": what}
 
@@ -98,12 +102,12 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     # Figures: the A.2 bars, a gallery of mistakes (Fig. 4) and one reference by depth and
     # in feature space (Fig. 5 / A.4); the saliency space in 2-D as the interactive figure.
     ctx.writer.png("neighbors_fractions.png", _fig_fractions(results, out["accuracy"], k))
-    refs = _gallery_refs(neighbours["saliency"], bank, correct, int(ctx.option("gallery", 4) or 4))
+    refs = _gallery_refs(neighbours["saliency"], idx, stats, correct, int(ctx.option("gallery", 4) or 4))
     if refs.size:
         ctx.writer.png("fig4_gallery.png", _fig_gallery(ctx, refs, {"saliency": neighbours["saliency"]}, idx))
         rows = {name: neighbours[name] for name in ("shallow", "deep", "features") if name in neighbours}
         ctx.writer.png("fig5_depth_and_features.png", _fig_gallery(ctx, refs[:1], rows, idx))
-    ctx.writer.html("neighbors_map.html", _html_map(bank, idx, correct))
+    ctx.writer.html("neighbors_map.html", _html_map(idx, stats, correct))
 
     def line(name: str, d: dict[str, Any]) -> str:
         return (f"{name:<9} ({d['space']}): correct neighbours {100 * d['nn_correct_frac_for_correct']:.1f}% "
@@ -119,13 +123,18 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
     return out
 
 
-def _gallery_refs(nn: np.ndarray, bank: np.ndarray, correct: np.ndarray, count: int) -> np.ndarray:
+def _row_chunks(n: int, size: int = 256) -> list[np.ndarray]:
+    return [np.arange(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def _gallery_refs(nn: np.ndarray, idx: Any, stats: Any, correct: np.ndarray, count: int) -> np.ndarray:
     """Mistakes whose neighbours are most often mistakes too (ties: the most salient first)."""
     wrong = np.flatnonzero(~correct)
     if wrong.size == 0 or count < 1:
         return np.zeros(0, dtype=np.int64)
     share = (~correct[nn[wrong]]).mean(axis=1)
-    salience = bank[wrong].mean(axis=1)
+    salience = np.concatenate([idx.standardized(stats, rows=wrong[part]).mean(axis=1)
+                               for part in _row_chunks(wrong.size)])
     order = np.lexsort((-salience, -share))
     return wrong[order[:count]]
 
@@ -191,15 +200,19 @@ def _fig_gallery(ctx: ExperimentContext, refs: np.ndarray, spaces: dict[str, np.
     return fig
 
 
-def _html_map(bank: np.ndarray, idx: Any, correct: np.ndarray, *, max_fit: int = 5000) -> Any:
-    """PCA of the standardized profiles (fitted on at most ``max_fit`` rows), coloured by correctness."""
+def _html_map(idx: Any, stats: Any, correct: np.ndarray, *, max_fit: int = 5000) -> Any:
+    """PCA of the standardized profiles (fitted on at most ``max_fit`` rows, then every row
+    projected in chunks), coloured by correctness."""
     import plotly.graph_objects as go
 
-    x = bank.astype(np.float64)
-    fit = x if x.shape[0] <= max_fit else x[np.linspace(0, x.shape[0] - 1, max_fit).astype(int)]
+    n = len(idx)
+    fit_rows = np.arange(n) if n <= max_fit else np.linspace(0, n - 1, max_fit).astype(int)
+    fit = idx.standardized(stats, rows=fit_rows).astype(np.float64)
     mean = fit.mean(axis=0)
     _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    xy = (x - mean) @ vt[:2].T
+    del fit
+    xy = np.concatenate([(idx.standardized(stats, rows=part).astype(np.float64) - mean) @ vt[:2].T
+                         for part in _row_chunks(n)])
     fig = go.Figure()
     for group, name, color in ((True, "correct", "#2ca02c"), (False, "incorrect", "#d62728")):
         rows = np.flatnonzero(correct == group)

@@ -199,6 +199,7 @@ class Session:
         self._selection = Selection()
         self._cam_view = CamView()
         self._cam_layers: list[str] | None = None
+        self._dead: list[int] | None = None
         self._cache: LRUCache[np.ndarray] = LRUCache(CACHE_SIZE)
         self._layouts: LRUCache[SortedProfile] = LRUCache(1)
         self._pruner: Any = None  # a kernels FilterPruner, built on the first prune
@@ -528,6 +529,13 @@ class Session:
         """Per-layer sorted arrays for the profile chart, cached for the current analysis."""
         st = self._st
         return self._layouts.get_or_compute(st.generation, st.analysis.sorted_profile)
+
+    def dead_filters(self) -> list[int]:
+        """Dead filters (σ = 0 over the validation set: standardized saliency 0 on every image,
+        an all-zero map), ascending; the chart draws them apart. Empty without statistics."""
+        if self._dead is None:
+            self._dead = [int(i) for i in self.explainer.dead_filters()]
+        return list(self._dead)
 
     @_locked
     def filter_info(self, fid: int) -> FilterInfo:

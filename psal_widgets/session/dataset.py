@@ -4,7 +4,7 @@
 :class:`~psal_widgets.index.ProfileIndex` of the session's model over it (row ``i`` = dataset
 image ``i``) and answers every dataset question of the explorer from the index alone: the
 browser rows and the error table (prediction, loss, mean standardized saliency), neighbours in
-standardized saliency space (paper §3.2), the Fig. 2 summary (correct vs incorrect mean
+standardized saliency space (paper §3.2; streamed over the memory-mapped index), the Fig. 2 summary (correct vs incorrect mean
 profiles) and a 2-D map of saliency space (PCA, or UMAP when ``umap-learn`` is installed).
 
 Standardized profiles ``(raw - μ) / σ`` use the explainer's statistics (any dataset of the same
@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data import LabeledImages, open_dataset
 from ..kernels.layout import sorted_profile
-from ..kernels.neighbours import cosine_similarities, layer_columns
+from ..kernels.neighbours import layer_columns
 from ..labels import LabelSet
 from ..store import StatsError
 from .errors import SessionError
@@ -316,15 +316,12 @@ class DatasetBrowser:
         if explainer.stats is None or query is None:
             raise _no_stats()
         columns = layer_columns(explainer.index, layers)
-        sims = np.empty(len(self), dtype=np.float64)
-        for rows, z in self._blocks(explainer):
-            sims[rows] = cosine_similarities(query, z, columns=columns)
-        keep = np.ones(len(self), dtype=bool)
-        if exclude is not None and 0 <= int(exclude) < len(self):
-            keep[int(exclude)] = False
-        cand = np.flatnonzero(keep)
-        # Most similar first; ties: lower row first (as kernels.neighbours.cosine_neighbours).
-        order = cand[np.argsort(-sims[cand], kind="stable")[: int(k)]]
+        # Streamed over the index's memory-mapped float16 profiles: memory stays a few row
+        # chunks whatever the dataset's size (kernels.neighbours.stream_neighbours).
+        order, found = self.index.neighbours(
+            query, explainer.stats, k=int(k), columns=columns, exclude=() if exclude is None else (int(exclude),)
+        )
+        sims = dict(zip(order.tolist(), found.tolist()))
         files = self.dataset.relative_files()
         labels = explainer.model.labels
         idx = self.index
@@ -340,7 +337,7 @@ class DatasetBrowser:
                     "pred": pred,
                     "pred_name": labels.name(pred),
                     "correct": bool(idx.correct[i]),
-                    "similarity": float(sims[i]),
+                    "similarity": sims[i],
                 }
             )
         return out

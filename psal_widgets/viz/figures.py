@@ -10,6 +10,11 @@ The chart has two traces:
    click or a selection maps straight back to filter ids.
 1. ``boosted``: the points of the boosted set F drawn on top, larger, in a contrasting colour,
    in the order of F (point ``j`` of this trace is filter ``F[j]``).
+2. ``dead``: the dead filters (σ = 0 over the validation set, so their standardized saliency
+   is 0 on every image and boosting them changes nothing), drawn as small grey hollow circles
+   in the order given (point ``j`` is filter ``dead[j]``); the hover says why they sit at 0.
+   Their points on trace 0 are NaN (not drawn, not hovered, not selected), so that the hover
+   and a click there reach this trace. No legend entry when the model has none.
 
 Ranks shown to people start at 1 (the most salient filter of the model), in the hover text and in
 ``customdata``.
@@ -31,9 +36,13 @@ import numpy as np
 from .._types import SortedProfile
 
 __all__ = [
+    "DEAD_HOVER_TEMPLATE",
+    "DEAD_NAME",
+    "DEAD_TRACE",
     "HOVER_TEMPLATE",
     "PROFILE_TRACE",
     "HIGHLIGHT_TRACE",
+    "dead_update",
     "highlight_update",
     "label_positions",
     "layer_groups",
@@ -49,14 +58,29 @@ __all__ = [
 #: Trace positions in the figure (the widget relies on this order).
 PROFILE_TRACE = 0
 HIGHLIGHT_TRACE = 1
+DEAD_TRACE = 2
 
 _POINT_COLOR = "#4c72b0"
 _HIGHLIGHT_COLOR = "#e8453c"
+#: Dead filters: a light grey ring with a white centre, a little larger than a live point so
+#: that it covers the blue dot under it, but lighter, so that 134 of them at 0 stay unobtrusive.
+_DEAD_MARKER = {"size": 6, "color": "white", "line": {"color": "#a0a0a0", "width": 1}}
+#: Legend entry of the dead-filter trace.
+DEAD_NAME = "dead filter (σ = 0)"
 
 #: Hover text: layer name (``text``), channel, saliency, rank (1 = most salient) and flat filter id.
 HOVER_TEMPLATE = (
     "<b>%{text}</b> channel %{customdata[1]}<br>"
     "standardized saliency %{y:.3f}<br>rank %{customdata[2]} (1 = most salient)<br>"
+    "filter id %{customdata[0]}<extra></extra>"
+)
+
+#: Hover text of a dead filter: why it sits at 0, and that its map is zero.
+DEAD_HOVER_TEMPLATE = (
+    "<b>%{text}</b> channel %{customdata[1]}<br>"
+    "<b>dead filter</b>: σ = 0 over the validation set,<br>"
+    "so its standardized saliency is %{y:.3f} on every image<br>"
+    "boosting it changes nothing: its input map is zero<br>"
     "filter id %{customdata[0]}<extra></extra>"
 )
 
@@ -137,17 +161,29 @@ def _customdata(profile: SortedProfile) -> np.ndarray:
     return np.stack([ids, point_channels(profile), rank + 1], axis=1)
 
 
-def profile_update(profile: SortedProfile) -> dict[str, np.ndarray]:
+def profile_update(profile: SortedProfile, dead: Sequence[int] | np.ndarray = ()) -> dict[str, np.ndarray]:
     """What changes on the profile trace when the analysis changes (new image, label or mask).
+
+    Parameters
+    ----------
+    profile : SortedProfile
+    dead : sequence of int
+        Dead filters: their points are left out of this trace (``y`` NaN, which plotly neither
+        draws nor hovers) because the dead trace draws them; otherwise a hover there would
+        show this trace's point, which wins ties, and never say that the filter is dead.
 
     Returns
     -------
     dict
-        ``y`` [F] float64 saliency, ``customdata`` [F, 3] int64 rows ``[filter_id, channel, rank]``
-        (rank 1 = the most salient filter).
+        ``y`` [F] float64 saliency (NaN at dead filters), ``customdata`` [F, 3] int64 rows
+        ``[filter_id, channel, rank]`` (rank 1 = the most salient filter).
         (``x`` and the layer names only depend on the model.)
     """
     _, y, _, _, _ = _arrays(profile)
+    dead_ids = np.asarray(dead, dtype=np.int64).reshape(-1)
+    if dead_ids.size:
+        y = y.copy()
+        y[positions_of(profile, dead_ids)] = np.nan
     return {"y": y, "customdata": _customdata(profile)}
 
 
@@ -169,6 +205,24 @@ def highlight_update(profile: SortedProfile, filters: Sequence[int] | np.ndarray
         "customdata": _customdata(profile)[pos],
         "text": names,
         "name": f"boosted set F ({pos.size})",
+    }
+
+
+def dead_update(profile: SortedProfile, dead: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """Data of the dead-filter trace, point ``j`` = filter ``dead[j]`` (where the profile puts it).
+
+    Returns
+    -------
+    dict
+        ``x``, ``y`` [D] float64, ``customdata`` [D, 3] int64, ``text`` (layer names, length D).
+    """
+    x, y, _, layer, _ = _arrays(profile)
+    pos = positions_of(profile, dead)
+    return {
+        "x": x[pos],
+        "y": y[pos],
+        "customdata": _customdata(profile)[pos],
+        "text": _layer_text(profile, layer[pos]),
     }
 
 
@@ -390,12 +444,13 @@ def profile_figure(
     profile: SortedProfile,
     filters: Sequence[int] | np.ndarray = (),
     *,
+    dead: Sequence[int] | np.ndarray = (),
     title: str = "",
     height: int = 420,
     width: int | None = None,
     max_layer_labels: int = 60,
 ) -> dict[str, Any]:
-    """The whole chart as ``{"data": [profile trace, highlight trace], "layout": {...}}``.
+    """The whole chart as ``{"data": [profile, highlight, dead], "layout": {...}}``.
 
     Parameters
     ----------
@@ -403,13 +458,17 @@ def profile_figure(
         Arrays of shape [F].
     filters : sequence of int
         The boosted set F, drawn as the highlight trace in this order.
+    dead : sequence of int
+        Dead filters (σ = 0 over the validation set; ``Session.dead_filters()``), drawn as the
+        dead trace in this order.
 
     Returns
     -------
     dict
         ``data[PROFILE_TRACE]`` is a ``scattergl`` trace with ``x``, ``y`` equal to the profile's
         arrays, ``customdata`` [F, 3] = ``[filter_id, channel, rank]`` and ``text`` = layer names;
-        ``data[HIGHLIGHT_TRACE]`` holds the F points (see :func:`highlight_update`).
+        ``data[HIGHLIGHT_TRACE]`` holds the F points (see :func:`highlight_update`),
+        ``data[DEAD_TRACE]`` the dead filters (see :func:`dead_update`).
     """
     x, _, _, layer, _ = _arrays(profile)
     # Selections must not dim the rest of the chart: a selection only adds filters to F.
@@ -424,7 +483,7 @@ def profile_figure(
         "marker": {"size": 4, "color": _POINT_COLOR, "opacity": 0.75},
         "unselected": unselected,
         "showlegend": True,
-        **profile_update(profile),
+        **profile_update(profile, dead),
     }
     boosted = {
         "type": "scattergl",
@@ -435,6 +494,17 @@ def profile_figure(
         "showlegend": True,
         **highlight_update(profile, filters),
     }
+    dead_ids = np.asarray(dead, dtype=np.int64).reshape(-1)
+    dead_trace = {
+        "type": "scattergl",
+        "mode": "markers",
+        "name": DEAD_NAME,
+        "hovertemplate": DEAD_HOVER_TEMPLATE,
+        "marker": _DEAD_MARKER,
+        "unselected": unselected,
+        "showlegend": bool(dead_ids.size),
+        **dead_update(profile, dead_ids),
+    }
     layout = profile_layout(
         profile,
         filters,
@@ -443,4 +513,4 @@ def profile_figure(
         width=width,
         max_layer_labels=max_layer_labels,
     )
-    return {"data": [main, boosted], "layout": layout}
+    return {"data": [main, boosted, dead_trace], "layout": layout}

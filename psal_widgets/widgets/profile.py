@@ -1,8 +1,11 @@
 """The profile chart (paper Fig. 1/2 layout) and the controls of the boosted set F.
 
-Trace 0 holds every filter (scattergl), trace 1 the points of F on top. A click on a point
-toggles that filter; a box or lasso selection (the chart's default drag mode is box select)
-adds every selected filter. Both reach Python through plotly's own FigureWidget callbacks
+Trace 0 holds every filter (scattergl), trace 1 the points of F on top, trace 2 the dead
+filters (σ = 0 over the validation set) as grey hollow circles (their points on trace 0 are
+NaN, so hover and clicks reach trace 2). A click on a point toggles that filter (a dead one
+too: its map is zero and the status line says why); a box or lasso selection (the chart's
+default drag mode is box select) adds every selected live filter (dead ones change nothing).
+Both reach Python through plotly's own FigureWidget callbacks
 (``trace.on_click``, ``trace.on_selection``), and tests call :meth:`ProfilePanel.on_point_click`
 and :meth:`ProfilePanel.on_points_selected` directly.
 
@@ -27,9 +30,11 @@ import plotly.graph_objects as go
 
 from .._types import SortedProfile
 from ..viz.figures import (
+    DEAD_TRACE,
     HIGHLIGHT_TRACE,
     PROFILE_TRACE,
     clipped_note,
+    dead_update,
     highlight_update,
     point_channels,
     positions_of,
@@ -66,7 +71,9 @@ _HELP = (
     "So 0 is a typical filter, 3 means &ldquo;three standard deviations more to blame than "
     "usual&rdquo;: a filter that malfunctions on this image. The red points are the set "
     "<b>F</b> whose input pixels the map on the right shows; by default the <b>k</b> most salient "
-    "filters. <b>boost</b> is how strongly F is emphasised when computing that map."
+    "filters. <b>boost</b> is how strongly F is emphasised when computing that map. "
+    "Grey hollow circles are <b>dead filters</b>: their value did not vary at all over the "
+    "validation images (&sigma; = 0), so they sit at 0 on every image and their map is empty."
 )
 
 
@@ -149,8 +156,11 @@ class ProfilePanel:
         # The probe before the figure: anywidget gives a model 2 s to initialize, and the
         # figure's 5-MB plotly.js bundle, loaded first, can take that long on a slow machine.
         self.probe = WidthProbe()
+        # Fixed for the session (they depend on the statistics only); their places move with
+        # every profile, as every point's.
+        self._dead: tuple[int, ...] = tuple(s.dead_filters())
         spec = profile_figure(
-            self._profile, self._filters, height=CHART_HEIGHT, width=_FIRST_WIDTH
+            self._profile, self._filters, dead=self._dead, height=CHART_HEIGHT, width=_FIRST_WIDTH
         )
         # layout= in the constructor: a layout set later, before display, never reaches Voila.
         self.figure = go.FigureWidget(data=spec["data"], layout=spec["layout"])
@@ -158,6 +168,7 @@ class ProfilePanel:
         g = host.status.guard
         self.figure.data[PROFILE_TRACE].on_click(g(self._clicked_profile, "chart click"))
         self.figure.data[HIGHLIGHT_TRACE].on_click(g(self._clicked_highlight, "chart click"))
+        self.figure.data[DEAD_TRACE].on_click(g(self._clicked_dead, "chart click"))
         # Trace 0 holds every point (F included), so its selection is the whole selection.
         self.figure.data[PROFILE_TRACE].on_selection(g(self._selected_profile, "chart selection"))
         self.probe.observe(g(self._resized, "chart size"), names=["width", "window_height"])
@@ -293,6 +304,11 @@ class ProfilePanel:
     def _clicked_highlight(self, _trace: Any, points: Any, _state: Any) -> None:
         self.on_point_click(self.resolve(HIGHLIGHT_TRACE, points.point_inds, points.ys))
 
+    def _clicked_dead(self, _trace: Any, points: Any, _state: Any) -> None:
+        # Point j of the dead trace is always dead[j]: only its place moves between drawings.
+        dead = self._dead
+        self.on_point_click([dead[int(i)] for i in points.point_inds if 0 <= int(i) < len(dead)])
+
     def _selected_profile(self, _trace: Any, points: Any, _selector: Any) -> None:
         ids = self.resolve(PROFILE_TRACE, points.point_inds, points.ys)
         if ids:
@@ -369,8 +385,10 @@ class ProfilePanel:
         f_y = y[positions_of(profile, filters)] if filters else ()
         lo, hi, n_above = value_range(y, f_y)
         with self._figure_lock, self.figure.batch_update():
-            self.figure.data[PROFILE_TRACE].update(profile_update(profile))
+            self.figure.data[PROFILE_TRACE].update(profile_update(profile, self._dead))
             self.figure.data[HIGHLIGHT_TRACE].update(highlight_update(profile, filters))
+            if self._dead:
+                self.figure.data[DEAD_TRACE].update(dead_update(profile, self._dead))
             self.figure.layout.yaxis.range = [lo, hi]
             self.figure.layout.annotations = clipped_note(n_above)
         # Only now: a click that arrives before the browser has the new points still resolves
