@@ -682,7 +682,8 @@ def test_prune_f_and_baselines(app) -> None:
 
 @pytest.mark.slow
 def test_export_writes_the_chart_for_offline_use(app, tmp_path) -> None:
-    app.export_panel.export(tmp_path / "out")
+    app.export_panel.root = tmp_path  # exports go only under the export folder
+    app.export_panel.export("out")
     app.wait_idle(120)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert {"profile.html", "plotly.min.js", "profile.csv", "filters.json", "overlay.png", "gradcam.png"} <= set(names)
@@ -706,7 +707,8 @@ def test_download_is_one_zip_with_what_the_server_export_writes(app, tmp_path) -
     href = re.search(r'href="data:application/zip;base64,([^"]+)"', app.export_panel.link.value)
     assert href, app.export_panel.link.value
     archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(href.group(1))))
-    app.export_panel.export(tmp_path / "same")
+    app.export_panel.root = tmp_path
+    app.export_panel.export("same")
     app.wait_idle(120)
     for name in ("profile.csv", "input_map.png", "gradcam.png", "image.png"):
         assert archive.read(name) == (tmp_path / "same" / name).read_bytes(), name
