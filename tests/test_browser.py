@@ -121,8 +121,10 @@ def selected_ids(text: str) -> set[int]:
 def click_point(pg: Page, *, rank: int, avoid: set[int]) -> dict:
     point = pg.page.evaluate(PROFILE_POINT_JS, [rank, sorted(avoid)])
     assert point is not None, "the profile chart has no trace with markers"
-    # Plotly's drag layer sits over the plot and takes the click: click at the position itself.
+    # Plotly's drag layer sits over the plot and takes the click: click at the position itself,
+    # after a hover as a person does (scattergl may miss a click with no hover first; GUIDE §3).
     pg.page.mouse.move(point["x"], point["y"])
+    pg.page.wait_for_timeout(300)
     pg.page.mouse.click(point["x"], point["y"])
     return point
 

@@ -168,7 +168,7 @@ def test_oversized_and_fake_uploads_are_refused_and_the_app_keeps_working(explor
     assert "error" in line and "over the upload limit of 0.3 MB" in line
     assert s.image_name == before and explorer.image_panel.upload.value == ()
     send_upload(explorer, b"<html>not a picture</html>", "fake.png")
-    assert "is not an image file" in explorer.status.line.value and s.image_name == before
+    assert "fake.png is not an image" in explorer.status.line.value and s.image_name == before
     # The next upload is fine: a real image, named with a path that is only shown as its base name.
     send_upload(explorer, encoded("JPEG", (120, 90), noise=True), "../../somewhere/ok photo.jpg")
     assert s.image_name == "ok photo.jpg"

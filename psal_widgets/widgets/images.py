@@ -139,6 +139,8 @@ class ImagePanel:
 
         def load() -> None:
             try:
+                # Size and file type first: a refused file never reaches the decoder.
+                check_upload(data, name, limit=self.upload_limit)
                 s.set_image(data, name=name)
             finally:
                 # Accepted or refused, the button's "(1)" counter goes back to zero, so that the
@@ -186,13 +188,6 @@ class ImagePanel:
         f = files[0]
         name = clean_name(f.get("name") if isinstance(f, dict) else getattr(f, "name", None))
         content = f["content"] if isinstance(f, dict) else f.content
-        try:
-            # Size and file type first, on the main thread: a refused file never reaches the
-            # worker or the decoder (the error goes to the status line through the guard).
-            check_upload(content, name, limit=self.upload_limit)
-        except Exception:
-            self._reset_upload()
-            raise
         self.open_bytes(bytes(content), name)
 
     def _row_picked(self, change: dict[str, Any]) -> None:

@@ -81,5 +81,5 @@ def check_upload(data: bytes | bytearray | memoryview, name: str, *, limit: int 
         if isinstance(err, Image.DecompressionBombError):
             raise UploadError(f"{name}: too many pixels to analyze safely ({err}); upload a smaller image") from err
         kinds = ", ".join(IMAGE_FORMATS)
-        raise UploadError(f"{name} is not an image file the explorer reads ({kinds}); upload a photo") from err
+        raise UploadError(f"{name} is not an image ({kinds}); upload a photo") from err
     return fmt
