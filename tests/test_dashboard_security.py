@@ -259,3 +259,13 @@ def test_bad_upload_limit_is_refused_at_parse_time(value) -> None:
     assert run.returncode == 2
     assert "--upload-limit" in run.stderr and "positive size in MB" in run.stderr
     assert "http://" not in run.stdout
+
+
+def test_launch_options_reach_voila_and_the_kernel_through_the_environment(tmp_path) -> None:
+    env = dashboard.dashboard_env(export_dir="exports", upload_limit=5_000_000, token="t0k",
+                                  base={"JUPYTER_TOKEN": "inherited", "JUPYTER_TOKEN_FILE": "/x"})
+    assert env["JUPYTER_TOKEN"] == "t0k" and "JUPYTER_TOKEN_FILE" not in env
+    assert env["PSAL_EXPORT_DIR"] == str(Path("exports").resolve())
+    assert env["PSAL_UPLOAD_LIMIT"] == "5000000"
+    # Without a token nothing inherited stands in for one.
+    assert "JUPYTER_TOKEN" not in dashboard.dashboard_env(base={"JUPYTER_TOKEN": "inherited"})

@@ -762,11 +762,19 @@ def test_from_env_reads_the_variables(monkeypatch) -> None:
     monkeypatch.setenv("PSAL_DEVICE", "cpu")
     Probe.from_env()
     monkeypatch.setenv("PSAL_INDEX", "idx")
-    for var in ("PSAL_WEIGHTS", "PSAL_STATS"):
+    for var in ("PSAL_WEIGHTS", "PSAL_STATS", "PSAL_EXPORT_DIR", "PSAL_UPLOAD_LIMIT"):
         monkeypatch.delenv(var, raising=False)
     Probe.from_env()
     assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu",
-                    "weights": None, "stats": None, "index": "idx"}
+                    "weights": None, "stats": None, "index": "idx", "export_dir": None}
+    # The dashboard's export folder and upload limit (psal dashboard --export-dir, --upload-limit).
+    monkeypatch.setenv("PSAL_EXPORT_DIR", "/srv/exports")
+    monkeypatch.setenv("PSAL_UPLOAD_LIMIT", "5000000")
+    Probe.from_env()
+    assert seen["export_dir"] == "/srv/exports" and seen["upload_limit"] == 5_000_000
+    monkeypatch.setenv("PSAL_UPLOAD_LIMIT", "lots")
+    with pytest.raises(ValueError, match="PSAL_UPLOAD_LIMIT='lots'"):
+        Probe.from_env()
 
 
 def test_session_and_model_arguments_conflict() -> None:
