@@ -308,6 +308,19 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 # -- psal dashboard ----------------------------------------------------------------------
+def _upload_mb(text: str) -> float:
+    """``--upload-limit``: a positive, finite number of megabytes."""
+    import math
+
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = math.nan
+    if not (math.isfinite(mb) and mb > 0):
+        raise argparse.ArgumentTypeError(f"give a positive size in MB like 20; got {text!r}")
+    return mb
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import signal
 
@@ -321,7 +334,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
                       weights=args.weights, stats=args.stats, index=args.index, open_browser=args.open,
-                      preheat=not args.no_preheat)
+                      preheat=not args.no_preheat, allow_remote=args.allow_remote,
+                      upload_limit=int(round(args.upload_limit * 1_000_000)), export_dir=args.export_dir)
     except DashboardError as err:
         raise CliError(str(err)) from err
     print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
@@ -474,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
     p.add_argument("--no-preheat", action="store_true",
                    help="do not prepare the explorer before the first visit (saves memory, slower first page)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="serve every network interface, not only 127.0.0.1 (still with the token in the URL)")
+    p.add_argument("--upload-limit", type=_upload_mb, default=20.0, metavar="MB",
+                   help="largest image a visitor may upload, in MB (default 20)")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="the only folder 'save on the server' writes under (default ./psal_export)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("experiment", help="the paper's dataset-level experiments (profiles, pruning, neighbors, ...)")

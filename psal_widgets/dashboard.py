@@ -4,7 +4,8 @@ The notebook is one import and one call (``Explorer.from_env()``); everything th
 on the command line reaches it through environment variables (:data:`ENV_VARS`), because a
 Voila kernel takes no arguments. :func:`launch` checks the inputs, starts Voila as a child
 process of this Python on 127.0.0.1, waits until the port answers and returns a
-:class:`Dashboard` handle (URL, process, ``stop()``).
+:class:`Dashboard` handle (URL with its token, process, ``stop()``). Token, Host check and the
+private log folder: :mod:`.dashboard_security`.
 
 This module imports neither torch nor the widgets: ``psal dashboard`` starts Voila at once.
 """
@@ -16,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +24,8 @@ import webbrowser
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import dashboard_security as security
 
 __all__ = [
     "ENV_VARS",
@@ -52,16 +54,20 @@ ENV_VARS: dict[str, str] = {
     "weights": "PSAL_WEIGHTS",
     "stats": "PSAL_STATS",
     "index": "PSAL_INDEX",
+    "export_dir": "PSAL_EXPORT_DIR",
+    "upload_limit": "PSAL_UPLOAD_LIMIT",
 }
 
 HOST = "127.0.0.1"
+#: Where ``allow_remote=True`` listens: every IPv4 interface.
+ALL_INTERFACES = "0.0.0.0"
 
 # The code cell of the served notebook. Voila shows outputs only (sources are stripped), so
 # the comment is for whoever opens the file in Jupyter.
 _CODE = (
     "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
-    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX\n"
-    "# (unset = the defaults).\n"
+    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX,\n"
+    "# PSAL_EXPORT_DIR, PSAL_UPLOAD_LIMIT (unset = the defaults).\n"
     "from psal_widgets import Explorer\n"
     "\n"
     "Explorer.from_env()"
@@ -203,13 +209,21 @@ def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | N
                   data: str | os.PathLike[str] | None = None, device: str | None = None,
                   weights: str | os.PathLike[str] | None = None, stats: str | os.PathLike[str] | None = None,
                   index: str | os.PathLike[str] | None = None,
+                  export_dir: str | os.PathLike[str] | None = None, upload_limit: int | None = None,
+                  token: str | None = None,
                   base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of the Voila process: ``base`` (default ``os.environ``) plus ``PSAL_*``.
 
     Paths are made absolute because the kernel runs in the notebook's folder. Options left
     at ``None`` are removed from the environment, so an inherited value cannot leak in.
+    ``token`` becomes ``JUPYTER_TOKEN`` (jupyter_server reads it there; unlike the command
+    line, a process's environment is private to its user).
     """
     env = dict(os.environ if base is None else base)
+    env.pop("JUPYTER_TOKEN", None)
+    env.pop("JUPYTER_TOKEN_FILE", None)  # would win over nothing, but must not leak in either
+    if token is not None:
+        env["JUPYTER_TOKEN"] = token
     values = {
         "model": model,
         "image": None if image is None else str(Path(image).expanduser().resolve()),
@@ -218,6 +232,8 @@ def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | N
         "weights": None if weights is None else str(Path(weights).expanduser().resolve()),
         "stats": None if stats is None else str(Path(stats).expanduser().resolve()),
         "index": None if index is None else str(Path(index).expanduser().resolve()),
+        "export_dir": None if export_dir is None else str(Path(export_dir).expanduser().resolve()),
+        "upload_limit": None if upload_limit is None else str(int(upload_limit)),
     }
     for key, var in ENV_VARS.items():
         if values[key] is None:
@@ -228,8 +244,14 @@ def dashboard_env(*, model: str | None = None, image: str | os.PathLike[str] | N
 
 
 def voila_command(notebook: str | os.PathLike[str], *, port: int, preheat: bool = True,
-                  fill_delay: float = 60.0, python: str | None = None) -> list[str]:
-    """Command line that serves ``notebook`` on ``127.0.0.1:port``.
+                  fill_delay: float = 60.0, python: str | None = None, host: str = HOST,
+                  config_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Command line that serves ``notebook`` on ``host:port`` (default ``127.0.0.1``).
+
+    The token is not on it (see :func:`dashboard_env`). With ``config_dir`` Voila reads its
+    configuration from there only (:func:`~psal_widgets.dashboard_security.voila_config`: Host
+    check, websocket size, no file route), every request needs the token and a request without
+    it gets 403 (:mod:`psal_widgets.dashboard_auth`).
 
     Parameters
     ----------
@@ -248,12 +270,21 @@ def voila_command(notebook: str | os.PathLike[str], *, port: int, preheat: bool 
         "--no-browser",
         f"--port={int(port)}",
         # `--ip` is silently ignored by Voila 0.5; the trait must be named in full.
-        f"--Voila.ip={HOST}",
+        f"--Voila.ip={host}",
         # Fail instead of silently moving to another port (the URL we print would be wrong).
         "--Voila.port_retries=0",
-        # A local, single-user tool: show the real error if the notebook fails.
+        # A single-user tool whose visitors all hold the owner's token: show the real error if
+        # the notebook fails.
         "--show_tracebacks=True",
     ]
+    if config_dir is not None:
+        cmd += [
+            # Only our file: not voila.json / voila.py of the working folder or ~/.jupyter.
+            f"--Voila.config_file_paths={os.fspath(config_dir)}",
+            # The token comes from JUPYTER_TOKEN (auto_token: Voila does not blank it).
+            "--Voila.auto_token=True",
+            f"--Voila.identity_provider_class={security.IDENTITY_PROVIDER}",
+        ]
     if preheat:
         cmd += ["--preheat_kernel=True", "--pool_size=1", f"--VoilaKernelManager.fill_delay={float(fill_delay)}"]
     return cmd
@@ -277,6 +308,16 @@ class Dashboard:
     notebook: Path
     log_path: Path
     command: list[str] = field(default_factory=list)
+    #: The token every request needs (in :attr:`url` as ``?token=``).
+    token: str = ""
+    #: Serving every interface (``allow_remote``), not only 127.0.0.1.
+    remote: bool = False
+
+    @property
+    def remote_url(self) -> str:
+        """The URL for another machine (this host's name), with the token."""
+        query = f"?token={self.token}" if self.token else ""
+        return f"http://{socket.gethostname()}:{self.port}/{query}"
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -345,8 +386,13 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
            notebook: str | os.PathLike[str] | None = None, preheat: bool = True, fill_delay: float = 60.0,
            check: bool = True, timeout: float = 60.0, log_path: str | os.PathLike[str] | None = None,
            extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
-           quiet: bool = False) -> Dashboard:
+           quiet: bool = False, allow_remote: bool = False,
+           upload_limit: int = security.DEFAULT_UPLOAD_LIMIT,
+           export_dir: str | os.PathLike[str] | None = None, token: str | None = None) -> Dashboard:
     """Start the dashboard on ``127.0.0.1`` and return once the HTTP port answers.
+
+    Every request needs the token of :attr:`Dashboard.url` (403 without it) and a loopback Host
+    header (403 for ``Host: attacker.example``), as for Jupyter's own server.
 
     Parameters
     ----------
@@ -373,9 +419,20 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     timeout : float
         Seconds to wait for the port to answer.
     log_path : path, optional
-        Where Voila's output goes (default: a file in the temporary folder).
+        Where Voila's output goes (default: ``voila.log`` in a new private folder under
+        ``$XDG_CACHE_HOME/psal_widgets/run``, mode 0700). A symlink there is never followed.
     quiet : bool
         Do not print the URL.
+    allow_remote : bool
+        Serve every network interface and accept any Host header, still with the token (a
+        warning says so). Traffic is plain HTTP.
+    upload_limit : int
+        Largest image upload in bytes (default 20 MB); larger files are refused with a message.
+    export_dir : path, optional
+        The only folder "save on the server" writes under (default ``psal_export`` in the
+        current folder).
+    token : str, optional
+        The token (default: a new random one, :func:`~psal_widgets.dashboard_security.new_token`).
 
     Returns
     -------
@@ -397,27 +454,46 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     if not nb.is_file():
         raise FileNotFoundError(f"notebook {nb} not found")
     if port is None:
-        port = free_port()
+        port = free_port(ALL_INTERFACES if allow_remote else HOST)
     elif not 0 < int(port) < 65536:
         raise ValueError(f"--port {port}: give a TCP port between 1 and 65535")
-    elif _port_in_use(int(port)):
+    elif _port_in_use(int(port), ALL_INTERFACES if allow_remote else HOST):
         raise DashboardError(f"port {port} on {HOST} is already in use; choose another --port or leave it out")
     port = int(port)
     if index is not None and data is None:
         raise ValueError("--index needs --data: the index is read for the dataset given with --data")
+    if not int(upload_limit) > 0:
+        raise ValueError(f"--upload-limit {upload_limit}: give a positive size")
+    token = security.new_token() if token is None else token
+    if not token:
+        raise ValueError("the dashboard token must not be empty: leave it out for a random one")
     env = dashboard_env(model=model, image=image, data=data, device=device, weights=weights, stats=stats,
-                        index=index)
+                        index=index, upload_limit=int(upload_limit),
+                        export_dir=export_dir if export_dir is not None else Path.cwd() / "psal_export",
+                        token=token)
     env.update(extra_env or {})
-    cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay) + list(extra_args)
-    log = Path(log_path) if log_path is not None else Path(tempfile.gettempdir()) / f"psal-dashboard-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as fh:
+    # Voila's configuration and (by default) its log live in a new private folder of this user.
+    private = security.run_dir(port)
+    config = os.fdopen(security.open_private(private / "voila.json"), "w", encoding="utf-8")
+    with config:
+        config.write(security.voila_config(allow_remote=allow_remote, upload_limit=int(upload_limit)))
+    cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay,
+                        host=ALL_INTERFACES if allow_remote else HOST, config_dir=private) + list(extra_args)
+    if log_path is not None:
+        log = Path(log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        fd = security.open_private(log, exclusive=False)
+    else:
+        log = private / "voila.log"
+        fd = security.open_private(log)
+    with os.fdopen(fd, "wb") as fh:
         # Own session: a Ctrl-C in the terminal reaches only the parent, which then stops
         # Voila in order (SIGTERM, Voila shuts its kernels down), and stop() can kill the
         # whole group if Voila hangs.
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=nb.parent, start_new_session=True)
-    dash = Dashboard(proc, f"http://{HOST}:{port}/", port, nb, log, cmd)
+    dash = Dashboard(proc, f"http://{HOST}:{port}/?token={token}", port, nb, log, cmd, token=token,
+                     remote=allow_remote)
     try:
         if check:
             check_inputs(model=model, image=image, device=device, weights=weights, stats=stats)
@@ -427,6 +503,10 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
         raise
     if not quiet:
         print(f"psal dashboard: serving {nb.name} at {dash.url}", flush=True)
+        if allow_remote:
+            print(f"psal dashboard: warning: --allow-remote serves every network interface "
+                  f"({dash.remote_url}); anyone who has the URL with its token can use the "
+                  "dashboard, and the traffic is not encrypted", file=sys.stderr, flush=True)
     if open_browser:
         webbrowser.open(dash.url)
     return dash

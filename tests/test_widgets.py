@@ -690,7 +690,8 @@ def test_prune_f_and_baselines(app) -> None:
 
 @pytest.mark.slow
 def test_export_writes_the_chart_for_offline_use(app, tmp_path) -> None:
-    app.export_panel.export(tmp_path / "out")
+    app.export_panel.root = tmp_path  # exports go only under the export folder
+    app.export_panel.export("out")
     app.wait_idle(120)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert {"profile.html", "plotly.min.js", "profile.csv", "filters.json", "overlay.png", "gradcam.png"} <= set(names)
@@ -714,7 +715,8 @@ def test_download_is_one_zip_with_what_the_server_export_writes(app, tmp_path) -
     href = re.search(r'href="data:application/zip;base64,([^"]+)"', app.export_panel.link.value)
     assert href, app.export_panel.link.value
     archive = zipfile.ZipFile(io.BytesIO(base64.b64decode(href.group(1))))
-    app.export_panel.export(tmp_path / "same")
+    app.export_panel.root = tmp_path
+    app.export_panel.export("same")
     app.wait_idle(120)
     for name in ("profile.csv", "input_map.png", "gradcam.png", "image.png"):
         assert archive.read(name) == (tmp_path / "same" / name).read_bytes(), name
@@ -768,11 +770,19 @@ def test_from_env_reads_the_variables(monkeypatch) -> None:
     monkeypatch.setenv("PSAL_DEVICE", "cpu")
     Probe.from_env()
     monkeypatch.setenv("PSAL_INDEX", "idx")
-    for var in ("PSAL_WEIGHTS", "PSAL_STATS"):
+    for var in ("PSAL_WEIGHTS", "PSAL_STATS", "PSAL_EXPORT_DIR", "PSAL_UPLOAD_LIMIT"):
         monkeypatch.delenv(var, raising=False)
     Probe.from_env()
     assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu",
-                    "weights": None, "stats": None, "index": "idx"}
+                    "weights": None, "stats": None, "index": "idx", "export_dir": None}
+    # The dashboard's export folder and upload limit (psal dashboard --export-dir, --upload-limit).
+    monkeypatch.setenv("PSAL_EXPORT_DIR", "/srv/exports")
+    monkeypatch.setenv("PSAL_UPLOAD_LIMIT", "5000000")
+    Probe.from_env()
+    assert seen["export_dir"] == "/srv/exports" and seen["upload_limit"] == 5_000_000
+    monkeypatch.setenv("PSAL_UPLOAD_LIMIT", "lots")
+    with pytest.raises(ValueError, match="PSAL_UPLOAD_LIMIT='lots'"):
+        Probe.from_env()
 
 
 def test_session_and_model_arguments_conflict() -> None:

@@ -96,13 +96,26 @@ def render_files(
 
 
 def write_files(folder: str | os.PathLike[str], files: Mapping[str, bytes]) -> list[Path]:
-    """Write ``files`` into ``folder`` (created); returns their ABSOLUTE paths, in order."""
+    """Write ``files`` into ``folder`` (created); returns their ABSOLUTE paths, in order.
+
+    A file name that is a symbolic link in ``folder`` is refused, never written through
+    (``O_NOFOLLOW``): a link planted there must not redirect the export to another file.
+    """
     out = Path(folder).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     paths = []
     for name, data in files.items():
         path = out / name
-        path.write_bytes(data)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as err:
+            if path.is_symlink():
+                raise PermissionError(f"{path} is a symbolic link; refusing to export through it "
+                                      "(remove it or choose another folder)") from err
+            raise
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         paths.append(path)
     return paths
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import ipywidgets as W
 
+from .upload import DEFAULT_UPLOAD_LIMIT
 from .brush import BrushPanel
 from .common import close_widgets
 from .dataset_view import DatasetViewPanel
@@ -42,7 +43,8 @@ from .worker import Worker
 
 __all__ = ["Explorer"]
 
-_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE", "PSAL_WEIGHTS", "PSAL_STATS", "PSAL_INDEX")
+_ENV = ("PSAL_MODEL", "PSAL_IMAGE", "PSAL_DATA", "PSAL_DEVICE", "PSAL_WEIGHTS", "PSAL_STATS", "PSAL_INDEX",
+        "PSAL_EXPORT_DIR", "PSAL_UPLOAD_LIMIT")
 
 _CSS = """
 <style>
@@ -97,6 +99,11 @@ class Explorer(W.VBox):
     raw_images : path, optional
         Folder of the gallery (default: ``raw_images/`` found near the working directory or
         the package).
+    export_dir : path, optional
+        The only folder "save on the server" writes under (default ``psal_export`` in the
+        working directory); its subfolder box refuses ``..``, absolute paths and symlinks out.
+    upload_limit : int, default 20_000_000
+        Largest upload in bytes.
 
     Attributes
     ----------
@@ -131,6 +138,8 @@ class Explorer(W.VBox):
         index: str | os.PathLike[str] | None = None,
         debounce: float = 0.15,
         raw_images: str | os.PathLike[str] | None = None,
+        export_dir: str | os.PathLike[str] | None = None,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
     ) -> None:
         if session is not None and any(
             v is not None for v in (model, image, label, data, device, weights, stats, index)
@@ -173,12 +182,16 @@ class Explorer(W.VBox):
         self.profile_panel = ProfilePanel(self)
         self.prediction_panel = PredictionPanel(self)
         self.image_panel = ImagePanel(
-            self, raw_images=Path(raw_images) if raw_images is not None else None
+            self,
+            raw_images=Path(raw_images) if raw_images is not None else None,
+            upload_limit=upload_limit,
         )
         self.brush_panel = BrushPanel(self)
         self.maps_panel = MapsPanel(self, debounce=debounce)
         self.prune_panel = PrunePanel(self)
-        self.export_panel = ExportPanel(self, chart_html=self._chart_html, plotly_js=self._plotly_js)
+        self.export_panel = ExportPanel(
+            self, chart_html=self._chart_html, plotly_js=self._plotly_js, root=export_dir
+        )
         self.neighbours_panel = (
             NeighboursPanel(self, open_row=self.image_panel.open_row)
             if getattr(session, "dataset", None) is not None
@@ -278,7 +291,8 @@ class Explorer(W.VBox):
     @classmethod
     def from_env(cls, **overrides: Any) -> Explorer:
         """An Explorer configured by PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS,
-        PSAL_STATS, PSAL_INDEX (unset or empty: the defaults); keyword arguments override them."""
+        PSAL_STATS, PSAL_INDEX, PSAL_EXPORT_DIR and PSAL_UPLOAD_LIMIT (bytes) (unset or empty: the
+        defaults); keyword arguments override them."""
         names = {
             "PSAL_MODEL": "model",
             "PSAL_IMAGE": "image",
@@ -287,8 +301,14 @@ class Explorer(W.VBox):
             "PSAL_WEIGHTS": "weights",
             "PSAL_STATS": "stats",
             "PSAL_INDEX": "index",
+            "PSAL_EXPORT_DIR": "export_dir",
         }
         kwargs: dict[str, Any] = {arg: (os.environ.get(var) or None) for var, arg in names.items()}
+        limit = os.environ.get("PSAL_UPLOAD_LIMIT")
+        if limit:
+            if not limit.isdigit() or int(limit) <= 0:
+                raise ValueError(f"PSAL_UPLOAD_LIMIT={limit!r}: give the largest upload as a positive number of bytes")
+            kwargs["upload_limit"] = int(limit)
         kwargs.update(overrides)
         return cls(**kwargs)
 

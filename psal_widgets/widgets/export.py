@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ipywidgets as W
 
+from .exportdir import export_folder
 from .common import explain
 from .host import Host
 from .html import esc, span
@@ -20,7 +21,8 @@ _HELP = (
     "<b>Download</b> gives you one zip file in your browser: the profile as CSV, F and the "
     "settings as JSON, the image, the input map and the CAM exactly as shown, and the chart as an "
     "HTML page that opens offline (with plotly.min.js beside it). <b>Save on the server</b> writes "
-    "the same files to a folder of the machine that runs the explorer (useful in JupyterLab)."
+    "the same files to the export folder of the machine that runs the explorer, or to a subfolder "
+    "of it that you name (useful in JupyterLab); it never writes anywhere else."
 )
 
 #: The chart page loads plotly from this file, shipped beside it: the page stays small.
@@ -37,8 +39,17 @@ class ExportPanel:
         The profile chart as an HTML page that loads ``plotly.min.js`` from beside it.
     plotly_js : callable() -> str
         The plotly.js source to ship beside the page.
+    root : path, optional
+        The export folder: "save on the server" writes only inside it (default
+        ``psal_export`` in the working folder).
     folder : str
-        Default folder name for saving on the server.
+        Default subfolder of ``root`` (empty: ``root`` itself).
+
+    Notes
+    -----
+    The subfolder box is typed by whoever uses the page (a dashboard visitor): it is resolved
+    by :func:`~psal_widgets.widgets.exportdir.export_folder`, which refuses ``..``, absolute
+    paths and symlinks leading out of ``root``.
     """
 
     def __init__(
@@ -47,16 +58,27 @@ class ExportPanel:
         *,
         chart_html: Callable[[], str],
         plotly_js: Callable[[], str],
-        folder: str = "psal_export",
+        root: str | os.PathLike[str] | None = None,
+        folder: str = "",
     ) -> None:
         self.host = host
         self.chart_html = chart_html
         self.plotly_js = plotly_js
+        self.root = Path(root).expanduser().resolve() if root is not None else Path.cwd().resolve() / "psal_export"
         self.download = W.Button(description="download zip", icon="download", layout=W.Layout(width="140px"))
         self.download.add_class("psal-download")
         self.link = W.HTML("")
         self.link.add_class("psal-download-link")
-        self.folder = W.Text(value=folder, description="folder", layout=W.Layout(width="300px"))
+        self.folder = W.Text(
+            value=folder,
+            placeholder="subfolder (optional)",
+            description="subfolder",
+            layout=W.Layout(width="300px"),
+        )
+        self.folder.add_class("psal-export-folder")
+        self.where = W.HTML(
+            f'<span style="font-size:11px;color:#555">saved under <code>{esc(self.root)}</code></span>'
+        )
         self.button = W.Button(description="save on the server", icon="save", layout=W.Layout(width="160px"))
         self.result = W.HTML("")
         self.button.on_click(host.status.guard(lambda _b: self.export(), "export"))
@@ -66,6 +88,7 @@ class ExportPanel:
                 explain("Export", "download what you see as one zip, or save it on the server.", _HELP),
                 W.HBox([self.download, self.link]),
                 W.HBox([self.folder, self.button]),
+                self.where,
                 self.result,
             ]
         )
@@ -95,11 +118,17 @@ class ExportPanel:
         )
         self.host.status.info(f"{name} is ready: click the link to save it")
 
-    def export(self, folder: str | os.PathLike[str] | None = None) -> None:
-        """Write the Session's files, profile.html and plotly.min.js into ``folder`` (on the server)."""
-        target = Path(os.fspath(folder if folder is not None else self.folder.value)).expanduser()
-        if not str(target).strip():
-            raise ValueError("give a folder name to export to")
+    def export(self, folder: str | None = None) -> None:
+        """Write the Session's files, profile.html and plotly.min.js into the subfolder ``folder``
+        (default: the text box) of :attr:`root`, on the server.
+
+        Raises
+        ------
+        ExportPathError
+            ``folder`` would leave :attr:`root` (``..``, an absolute path, a symlink out).
+        """
+        name = self.folder.value if folder is None else folder
+        target = export_folder(self.root, os.fspath(name))
         s = self.host.session
         extra = self._extra
 

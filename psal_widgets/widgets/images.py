@@ -12,6 +12,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from .upload import DEFAULT_UPLOAD_LIMIT, check_upload, clean_name
 from .common import class_picker, explain, parse_label
 from .host import Host, StateEvent
 from .html import esc
@@ -66,10 +67,21 @@ class ImagePanel:
         Gallery, upload and the caption, one compact row.
     browser : ipywidgets.VBox or None
         The dataset browser (with ``data=``), placed by the app.
+    upload_limit : int
+        Largest upload in bytes; a larger one, or one that is not an image, is refused before
+        anything decodes it (:func:`~psal_widgets.widgets.upload.check_upload`).
+
+    Notes
+    -----
+    Nothing here reads a path typed by a visitor: the gallery's values are the files found in
+    ``raw_images/`` (a Dropdown only takes one of its options), an upload stays in memory.
     """
 
-    def __init__(self, host: Host, *, raw_images: Path | None = None) -> None:
+    def __init__(
+        self, host: Host, *, raw_images: Path | None = None, upload_limit: int = DEFAULT_UPLOAD_LIMIT
+    ) -> None:
         self.host = host
+        self.upload_limit = int(upload_limit)
         s = host.session
         g = host.status.guard
         self.folder = find_raw_images(raw_images)
@@ -127,6 +139,8 @@ class ImagePanel:
 
         def load() -> None:
             try:
+                # Size and file type first: a refused file never reaches the decoder.
+                check_upload(data, name, limit=self.upload_limit)
                 s.set_image(data, name=name)
             finally:
                 # Accepted or refused, the button's "(1)" counter goes back to zero, so that the
@@ -172,11 +186,7 @@ class ImagePanel:
         if not files:
             return
         f = files[0]
-        name = (
-            str(f.get("name", "upload"))
-            if isinstance(f, dict)
-            else str(getattr(f, "name", "upload"))
-        )
+        name = clean_name(f.get("name") if isinstance(f, dict) else getattr(f, "name", None))
         content = f["content"] if isinstance(f, dict) else f.content
         self.open_bytes(bytes(content), name)
 

@@ -212,8 +212,11 @@ class MapsPanel:
         png, filters, boost, percentile, note, mode = result
         self.map.value = png
         self._show_map_colorbar(percentile)
+        # data-filters: the filter set this very map was computed for (tests compare it with F).
+        ids = ",".join(str(int(f)) for f in sorted(filters))
         self.map_caption.value = (
-            f'<span style="font-size:11px;color:#555">|F| = {len(filters)}, boost {boost:g}, '
+            f'<span class="psal-map-filters" data-filters="{ids}" style="font-size:11px;color:#555">'
+            f"|F| = {len(filters)}, boost {boost:g}, "
             f"threshold percentile {percentile:g} (values below it are hidden, values above the "
             f"{UPPER_PERCENTILE}th percentile are clipped)</span>"
         )
