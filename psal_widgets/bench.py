@@ -322,7 +322,15 @@ def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle
             t1 = time.perf_counter()
             page.goto(dash.url, timeout=600_000)
             page.wait_for_selector(".psal-profile .js-plotly-plot", timeout=600_000)
+            # "Drawn" means points on it: the figure's frame appears before its data arrives.
+            page.wait_for_function(
+                "() => { const g = document.querySelector('.psal-profile .js-plotly-plot');"
+                " return g && g._fullData && g._fullData.some(t => t.x && t.x.length > 100); }",
+                timeout=600_000, polling=50)
             res["page_to_chart_s"] = time.perf_counter() - t1
+            # The figure: from `psal dashboard` starting (a visitor opening the page at
+            # once, or after settle_s) to the profile chart drawn.
+            res["first_chart_s"] = time.perf_counter() - t0
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.psal-ready')].some(e => e.innerText.trim() === 'ready')",
                 timeout=600_000)
@@ -343,6 +351,7 @@ def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle
                                        arg=[src], timeout=120_000, polling=20)
                 times.append(time.perf_counter() - t)
             res["browser_click_to_map"] = _summary(times[1:])
+            res["click_to_map_s"] = res["browser_click_to_map"]["median_s"]
             browser.close()
     finally:
         dash.stop()
@@ -402,8 +411,10 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
         print(f"  {'page open -> profile chart drawn':<46} {res['page_to_chart_s']:9.2f} s")
         print(f"  {'page open -> ready (first map shown)':<46} {res['page_to_ready_s']:9.2f} s")
         print(f"  {'launch -> ready':<46} {res['launch_to_ready_s']:9.2f} s")
+        print(f"  {'launch -> profile chart drawn (first_chart_s)':<46} {res['first_chart_s']:9.2f} s "
+              f"(target <= 10 s: {'met' if res['first_chart_s'] <= 10.0 else 'MISSED'})")
         print(f"  {'click in chart -> new map in page':<46} median {c['median_s']:6.3f} s  p90 {c['p90_s']:6.3f} s "
-              f"(n={c['n']})")
+              f"(n={c['n']}; click_to_map_s, target <= 0.25 s: {'met' if c['median_s'] <= 0.25 else 'MISSED'})")
         ok_page = res["page_to_ready_s"] <= 20.0
         print(f"  targets: page -> interactive <= 20 s {'met' if ok_page else 'MISSED'}; "
               f"click -> map median <= 1.5 s {'met' if c['median_s'] <= 1.5 else 'MISSED'}")
