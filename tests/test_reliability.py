@@ -133,7 +133,11 @@ MEMORY_PROBE = textwrap.dedent(
                 results[f"{path}:{kind}"] = list(pre.display(loaded.pil).shape)
             except ImageError as err:
                 results[f"{path}:{kind}"] = "refused: " + str(err).replace(path, "FILE")
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM: this process's own peak. ru_maxrss would carry the parent's size across fork and
+    # exec (a pytest process grown over the whole suite made it read 13 GB).
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    peak_mb = min(peak_kib, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
     print(json.dumps({"peak_mb": peak_mb, "results": results}))
     """
 )
