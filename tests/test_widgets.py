@@ -851,7 +851,10 @@ def test_closing_explorers_releases_widgets_threads_and_memory(default_explainer
     widgets, threads, rss = zip(*counts, strict=True)
     assert len(set(widgets)) == 1, widgets  # every child widget (with layouts, styles) closed
     assert len(set(threads)) == 1, threads  # every worker thread ended
-    assert rss[-1] - rss[0] < 150, rss  # MB; a leaked Session (graph, caches) would add more
+    # MB; a leaked Session (graph, caches) would add more with every explorer. Measured from the
+    # second one: the first round's one-time growth (allocator high-water mark, first idle-time
+    # basis build; 247 MB once in a fresh-clone run, then flat to 0.1 MB) is not a leak.
+    assert rss[-1] - rss[1] < 150, rss
 
 
 def test_an_explorer_that_fails_to_build_leaves_nothing_behind(monkeypatch) -> None:
