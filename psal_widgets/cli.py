@@ -213,7 +213,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 # -- psal stats --------------------------------------------------------------------------
+def _ranks(dist) -> str:  # noqa: ANN001 - a DistContext
+    return f" on {dist.world_size} processes ({dist.backend})" if dist.enabled else ""
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    from .distributed import init_distributed
+
+    # Under torchrun (RANK, WORLD_SIZE... set) every rank runs this; a plain run is one rank.
+    with init_distributed(device=args.device) as dist:
+        return _stats(args, dist)
+
+
+def _stats(args: argparse.Namespace, dist) -> int:  # noqa: ANN001 - a DistContext
     from .data import open_dataset
     from .models import load_model
     from .store import check_replaceable, custom_stats_name, user_helper_objects
@@ -222,7 +234,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.out:
         check_replaceable(Path(args.out))  # before the model loads
         _check_out(Path(args.out))
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model(args.model, weights=args.weights, device=dist.device_for(args.device))
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Custom weights get their own folder (name@fingerprint), where the lookup finds them.
     name = custom_stats_name(model.name, model.weights_id) if args.weights else model.name.replace(":", "_")
@@ -230,23 +242,33 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if not args.out:
         _check_out(out)  # the default folder is known once the model's name is
     t0 = time.perf_counter()
-    stats, samples = run_stats(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
-                               keep_profiles=args.profiles, checkpoint_every=args.checkpoint_every,
-                               strict=args.strict)
+    stats, samples = run_stats(model, dataset, out, batch_size=args.batch_size,
+                               progress=not args.quiet and dist.is_main, keep_profiles=args.profiles,
+                               checkpoint_every=args.checkpoint_every, strict=args.strict, dist=dist)
     seconds = time.perf_counter() - t0
+    if not dist.is_main:
+        return 0  # rank 0 wrote the folder and speaks for the run
     acc = float(samples.correct.mean())
     skipped = stats.meta.get("skipped", [])
     print(f"{model.name}: {stats.meta['n']} images from {dataset.description}"
           + (f" ({len(skipped)} unreadable, skipped: listed in meta.json)" if skipped else ""))
     print(f"top-1 accuracy {acc:.1%} ({int((~samples.correct).sum())} mistakes); "
           f"{stats.meta['dead_filters']} of {stats.n_filters} filters have std 0")
-    print(f"{seconds:.1f} s ({seconds / max(1, stats.meta['n']):.3f} s/image) on {model.device}")
+    print(f"{seconds:.1f} s ({seconds / max(1, stats.meta['n']):.3f} s/image) on {model.device}{_ranks(dist)}")
     print(f"wrote {out}/stats.safetensors and meta.json" + (" and profiles.safetensors" if args.profiles else ""))
     return 0
 
 
 # -- psal index --------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace) -> int:
+    from .distributed import init_distributed
+
+    # Under torchrun every rank builds its shard of the index; a plain run is one rank.
+    with init_distributed(device=args.device) as dist:
+        return _index(args, dist)
+
+
+def _index(args: argparse.Namespace, dist) -> int:  # noqa: ANN001 - a DistContext
     from .data import open_dataset
     from .index import build_index, default_index_dir
     from .kernels.filters import FilterIndex
@@ -255,7 +277,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     if args.out:
         _check_out(Path(args.out))
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model(args.model, weights=args.weights, device=dist.device_for(args.device))
     dataset = open_dataset(args.data, labels=model.labels, preprocess=model.preprocess, limit=args.limit)
     # Statistics are only read, for the summary line: the index itself never depends on them.
     stats = None
@@ -267,8 +289,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.stats:
             raise
     out = Path(args.out) if args.out else default_index_dir(model, dataset)
-    idx = build_index(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet,
-                      overwrite=args.force, strict=args.strict)
+    idx = build_index(model, dataset, out, batch_size=args.batch_size, progress=not args.quiet and dist.is_main,
+                      overwrite=args.force, strict=args.strict, dist=dist)
+    if not dist.is_main:
+        return 0  # rank 0 wrote the manifest and speaks for the run
     info = idx.build_info
     n = len(idx)
     if info["status"] == "up to date":
@@ -279,14 +303,19 @@ def cmd_index(args: argparse.Namespace) -> int:
         secs = info["seconds"]
         skipped = f" ({len(idx.skipped)} unreadable, skipped: listed in meta.json)" if idx.skipped else ""
         print(f"{model.name}: {n} images from {dataset.description}{resumed}{skipped}")
-        print(f"{secs:.1f} s ({secs / max(1, info['rows_computed']):.3f} s/image) on {model.device}")
+        print(f"{secs:.1f} s ({secs / max(1, info['rows_computed']):.3f} s/image) on {model.device}{_ranks(dist)}")
     print(f"top-1 accuracy {float(idx.correct.mean()):.1%} ({int((~idx.correct).sum())} mistakes)")
     if stats is not None and idx.correct.any() and (~idx.correct).any():
         z = idx.standardized(stats).mean(axis=1)
         print(f"mean standardized saliency: incorrect {z[~idx.correct].mean():+.2f}, correct "
               f"{z[idx.correct].mean():+.2f} (statistics: {stats.meta.get('dataset', stats_dir)})")
-    feats = f", features.npy [{n}, {idx.features.shape[1]}]" if idx.features is not None else ""
-    print(f"wrote {out}/: profiles.npy [{n}, {idx.n_filters}] float16{feats}, table.csv, meta.json")
+    if idx.shards:
+        feats = ", features.npy" if idx.meta.get("feature_dim") else ""
+        print(f"wrote {out}/: manifest.json and {len(idx.shards)} shards (shard-RRRR/: profiles.npy float16{feats}, "
+              f"table.csv, meta.json), read as one index of [{n}, {idx.n_filters}]")
+    else:
+        feats = f", features.npy [{n}, {idx.features.shape[1]}]" if idx.features is not None else ""
+        print(f"wrote {out}/: profiles.npy [{n}, {idx.n_filters}] float16{feats}, table.csv, meta.json")
     return 0
 
 

@@ -16,6 +16,18 @@ An index folder holds
 It is computed WITHOUT statistics, so it can be built on held-out data and standardized later
 against any statistics of the same model (:meth:`ProfileIndex.standardized`).
 
+Built by several processes (``torchrun ... -m psal_widgets.cli index``, :mod:`psal_widgets.distributed`),
+an index is a folder of shards: ``shard-0000/``, ``shard-0001/``... each an index of the format
+above over one rank's contiguous block of the dataset (skipped images of that block in its own
+``meta.json``), and ``manifest.json`` (format ``psal-profile-index-shards/1``): the whole
+index's metadata under ``"index"`` (the keys of a single ``meta.json``, except ``files``: model,
+weights, layout, n, files and root hashes of the whole dataset, accuracy, ``skipped``...),
+``world_size``, and ``shards``: for each, its ``folder``, ``rank``, dataset rows ``start``/``stop``,
+row count ``n`` and the ``meta_sha256`` of its ``meta.json`` (which holds the checksums of its
+files). A block with no readable image has ``folder`` null. :meth:`ProfileIndex.open` reads
+such a folder as one index, rows in dataset order (:attr:`ProfileIndex.raw` is then a
+:class:`~psal_widgets.sharded_rows.ShardedRows` over the shards' memmaps).
+
 Reliability: the build writes into a hidden temporary folder next to the target
 (``.NAME.partial``) and renames it into place at the end, so a half-written index is never read
 as complete. Every ``checkpoint_every`` batches it flushes the arrays and records the rows done
@@ -50,8 +62,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .atomic import check_files, exclusive_lock, file_records, partial_dir, swap_into_place
+from .atomic import check_files, exclusive_lock, file_records, partial_dir, sha256_file, swap_into_place
 from .atomic import write_text_atomic as _write_atomic
+from .distributed import SINGLE, DistContext
 
 # A module attribute on purpose: tests interrupt a build by replacing it.
 from .kernels.profiles import filter_profiles
@@ -62,7 +75,8 @@ if TYPE_CHECKING:
     from .kernels.stats import FilterStats
     from .models import LoadedModel
 
-__all__ = ["INDEX_FORMAT", "IndexError_", "ProfileIndex", "build_index", "default_index_dir", "index_for"]
+__all__ = ["INDEX_FORMAT", "MANIFEST_FORMAT", "IndexError_", "ProfileIndex", "build_index", "default_index_dir",
+           "index_for", "is_index_folder"]
 
 INDEX_FORMAT = "psal-profile-index/1"
 PROFILES_FILE = "profiles.npy"
@@ -70,6 +84,10 @@ FEATURES_FILE = "features.npy"
 TABLE_FILE = "table.csv"
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "psal-profile-index-shards/1"
+#: Shard folders of a sharded index: ``shard-0000`` ... (the rank, four digits or more).
+SHARD_PREFIX = "shard-"
 # Working columns of a build in progress; turned into table.csv at the end.
 _COLUMNS = {"top5": (np.int64, 5), "top5_prob": (np.float32, 5), "loss": (np.float32, None)}
 _TABLE_FIELDS = ["file", "label", "pred", "correct", "loss", *(f"top{i}" for i in range(1, 6)),
@@ -79,6 +97,21 @@ _TABLE_FIELDS = ["file", "label", "pred", "correct", "loss", *(f"top{i}" for i i
 class IndexError_(ValueError):
     """A profile index is missing, damaged, or belongs to another model or dataset; the message
     says the fix. (Named with a trailing underscore so it never shadows the builtin.)"""
+
+
+class _NothingReadable(IndexError_):
+    """No image of the data could be read; ``skipped`` lists them (a shard may be left empty)."""
+
+    def __init__(self, message: str, skipped: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+def is_index_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` holds a complete profile index, single (``meta.json``) or sharded
+    (``manifest.json``); its files are not checked here (:meth:`ProfileIndex.open` does)."""
+    f = Path(folder)
+    return (f / META_FILE).is_file() or (f / MANIFEST_FILE).is_file()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -105,14 +138,16 @@ def _safe_name(name: str) -> str:
 
 def _first_readable(ds: LabeledImages) -> Any:
     """The first image of ``ds`` that can be read (preprocessed), to probe the model's classifier."""
-    from .data import ImageError
+    from .tolerant import TolerantImages
 
+    items = TolerantImages(ds)
+    skipped = []
     for i in range(len(ds)):
-        try:
-            return ds[i][0]
-        except ImageError:
-            continue
-    raise IndexError_(f"none of the {len(ds)} images of {ds.description} could be read")
+        image, _, reason = items[i]
+        if not reason:
+            return image
+        skipped.append({"file": items.relative[i], "reason": reason})
+    raise _NothingReadable(f"none of the {len(ds)} images of {ds.description} could be read", skipped)
 
 
 def _json(value: Any) -> Any:
@@ -175,6 +210,9 @@ class ProfileIndex:
         self.loss = table["loss"]
         #: Filled by :func:`build_index`: what the last build did (rows computed, resumed from...).
         self.build_info: dict[str, Any] = {}
+        #: The shards of a sharded index (each a ProfileIndex of its folder), in dataset order;
+        #: empty for a single index.
+        self.shards: list[ProfileIndex] = []
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -195,6 +233,8 @@ class ProfileIndex:
         """
         folder = Path(path)
         meta_path = folder / META_FILE
+        if not meta_path.is_file() and (folder / MANIFEST_FILE).is_file():
+            return cls._open_sharded(folder, verify=verify)
         if not meta_path.is_file():
             partial = partial_dir(folder)
             hint = (" (an unfinished build is in progress or was interrupted: run the same "
@@ -234,6 +274,57 @@ class ProfileIndex:
                               f"for {meta['n_filters']} filters")
         return cls(folder, meta, table, files, raw, features)
 
+    @classmethod
+    def _open_sharded(cls, folder: Path, *, verify: bool) -> ProfileIndex:
+        """One index over the shards listed in ``manifest.json``, rows in dataset order."""
+        from .sharded_rows import ShardedRows
+
+        manifest_path = folder / MANIFEST_FILE
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            meta = dict(manifest["index"])
+            entries = list(manifest["shards"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise IndexError_(f"cannot read {manifest_path}: {err}") from err
+        if manifest.get("format") != MANIFEST_FORMAT or meta.get("format") != INDEX_FORMAT:
+            raise IndexError_(f"{folder} is not a sharded profile index of format {MANIFEST_FORMAT} "
+                              f"(found {manifest.get('format')!r})")
+        parts: list[ProfileIndex] = []
+        key = {k: meta.get(k) for k in ("model", "weights_id", "layout_checksum", "preprocess")}
+        for entry in entries:
+            if entry.get("folder") is None:
+                continue  # a block with no readable image
+            sub = folder / entry["folder"]
+            name = entry["folder"]
+            if not (sub / META_FILE).is_file():
+                raise IndexError_(f"the index at {folder} is incomplete: its shard {name} is missing; "
+                                  "rebuild it with `psal index`")
+            if sha256_file(sub / META_FILE) != entry.get("meta_sha256"):
+                raise IndexError_(f"the index at {folder} is damaged or mixed from two runs: {name}/{META_FILE} "
+                                  f"does not match {MANIFEST_FILE}; rebuild it with `psal index`")
+            part = cls.open(sub, verify=verify)
+            own = {k: part.meta.get(k) for k in key}
+            if own != key or len(part) != int(entry["n"]) or part.n_filters != int(meta["n_filters"]):
+                raise IndexError_(f"the index at {folder} is inconsistent: shard {name} does not match "
+                                  f"{MANIFEST_FILE} (model, layout or row count); rebuild it with `psal index`")
+            parts.append(part)
+        if not parts:
+            raise IndexError_(f"the index at {folder} lists no shard with rows; rebuild it with `psal index`")
+        n = sum(len(p) for p in parts)
+        if n != int(meta["n"]):
+            raise IndexError_(f"the index at {folder} is inconsistent: {MANIFEST_FILE} says {meta['n']} images "
+                              f"but its shards hold {n}; rebuild it with `psal index`")
+        table = {k: np.concatenate([getattr(p, k) for p in parts]) for k in _TABLE_ARRAYS}
+        files = [f for p in parts for f in p.files]
+        raw = ShardedRows([p._raw_base for p in parts])
+        feats = [p._features_base for p in parts]
+        features = ShardedRows(feats) if all(f is not None for f in feats) else None
+        meta["shards"] = entries
+        meta["world_size"] = manifest.get("world_size")
+        out = cls(folder, meta, table, files, raw, features)
+        out.shards = parts
+        return out
+
     def subset(self, rows: Sequence[int] | np.ndarray) -> ProfileIndex:
         """A view of some rows, in the given order (the table is copied; profiles are read on
         demand from the files on disk).
@@ -247,9 +338,10 @@ class ProfileIndex:
         if r.size and (r.min() < 0 or r.max() >= len(self)):
             raise IndexError_(f"rows must lie in [0, {len(self)})")
         base = r if self.base_rows is None else self.base_rows[r]
-        table = {k: getattr(self, k)[r] for k in ("label", "pred", "top5", "top5_prob", "correct", "loss")}
+        table = {k: getattr(self, k)[r] for k in _TABLE_ARRAYS}
         out = ProfileIndex(self.path, self.meta, table, [self.files[i] for i in r], self._raw_base,
                            self._features_base, base)
+        out.shards = self.shards
         return out
 
     # data --------------------------------------------------------------------------------------
@@ -266,7 +358,9 @@ class ProfileIndex:
 
     @cached_property
     def raw(self) -> np.ndarray:
-        """Raw profiles, float16 [N, F]: the memmap itself, or a copy of the rows of a subset."""
+        """Raw profiles, float16 [N, F]: the memmap itself (a sharded index: a
+        :class:`~psal_widgets.sharded_rows.ShardedRows` over its shards' memmaps, read on demand;
+        ``np.asarray`` reads it all), or a copy of the rows of a subset."""
         if self.base_rows is None:
             return self._raw_base
         order = np.argsort(self.base_rows, kind="stable")  # sorted reads are sequential on a memmap
@@ -277,8 +371,12 @@ class ProfileIndex:
     @cached_property
     def features(self) -> np.ndarray | None:
         """Penultimate features, float16 [N, D], or None."""
-        if self._features_base is None or self.base_rows is None:
-            return self._features_base
+        if self._features_base is None:
+            return None
+        if self.base_rows is None:
+            # A sharded index's features are small (N x D): one array, as a single index's memmap acts.
+            base = self._features_base
+            return base if isinstance(base, np.ndarray) else np.asarray(base)
         return np.asarray(self._features_base[self.base_rows])
 
     @property
@@ -485,6 +583,9 @@ class ProfileIndex:
         return self.subset(rows)
 
 
+_TABLE_ARRAYS = ("label", "pred", "top5", "top5_prob", "correct", "loss")
+
+
 def _read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -522,6 +623,7 @@ def build_index(
     num_workers: int = 0,
     overwrite: bool = False,
     strict: bool = False,
+    dist: DistContext = SINGLE,
 ) -> ProfileIndex:
     """Compute the profile index of ``dataset`` into the folder ``out`` (resumable).
 
@@ -548,12 +650,19 @@ def build_index(
         By default such an image is skipped with a warning and recorded, file and reason, in
         ``meta.json["skipped"]``; the index then has one row per readable image (``n`` of them),
         and :meth:`ProfileIndex.usable` gives the dataset without the skipped files.
+    dist : DistContext
+        The ranks of a ``torchrun`` run (:func:`~psal_widgets.distributed.init_distributed`);
+        default one process, which writes the single-folder format. With several, each rank
+        builds ``shard-RRRR/`` (this format, over its contiguous block of the dataset; resumable
+        like a single build) inside ``.NAME.partial``, and rank 0, holding the lock of ``out``,
+        writes ``manifest.json`` once every shard is complete and renames the folder into place
+        (see the module docstring). ``out`` must be on a file system that every rank sees.
 
     Returns
     -------
     ProfileIndex
         ``build_info`` says ``{"status": "built" | "resumed" | "up to date", "resumed_from",
-        "rows_computed", "seconds"}``.
+        "rows_computed", "seconds"}``. Under torchrun: the whole index, on every rank.
     """
     from .kernels.filters import FilterIndex
     from .store import layout_meta
@@ -576,7 +685,11 @@ def build_index(
         "files_hash": _files_hash(files, labels),
         "root_hash": _root_hash(ds.root),
     }
-    if not overwrite and (target / META_FILE).is_file():
+    if dist.enabled:
+        return _build_sharded(model, ds, target, key, dist=dist, batch_size=batch_size, progress=progress,
+                              checkpoint_every=checkpoint_every, num_workers=num_workers, overwrite=overwrite,
+                              strict=strict)
+    if not overwrite and is_index_folder(target):
         with contextlib.suppress(IndexError_):
             existing = ProfileIndex.open(target)
             # "n" counts readable images only; the files hash already pins the whole dataset.
@@ -716,8 +829,8 @@ def _build_locked(
     top5, top5_prob, loss = (np.array(columns[k])[keep] for k in ("top5", "top5_prob", "loss"))
     if not keep.all():
         if not keep.any():
-            raise IndexError_(f"none of the {n} images of {ds.description} could be read "
-                              f"(e.g. {skipped[0].file}: {skipped[0].reason})")
+            raise _NothingReadable(f"none of the {n} images of {ds.description} could be read "
+                                   f"(e.g. {skipped[0].file}: {skipped[0].reason})", [k.to_dict() for k in skipped])
         for name, arr in ((PROFILES_FILE, profiles), (FEATURES_FILE, features)):
             if arr is not None:
                 np.save(tmp / f"_compact_{name}", np.asarray(arr[keep]))
@@ -771,6 +884,143 @@ def _build_locked(
                       "rows_computed": len(ds) - start, "seconds": time.perf_counter() - t0,
                       "skipped": len(skipped)}
     return idx
+
+
+def _shard_name(rank: int) -> str:
+    return f"{SHARD_PREFIX}{rank:04d}"
+
+
+def _build_sharded(
+    model: LoadedModel,
+    ds: LabeledImages,
+    target: Path,
+    key: dict[str, Any],
+    *,
+    dist: DistContext,
+    batch_size: int,
+    progress: bool,
+    checkpoint_every: int,
+    num_workers: int,
+    overwrite: bool,
+    strict: bool,
+) -> ProfileIndex:
+    """:func:`build_index` on one rank of several: this rank's shard, then rank 0's manifest."""
+    from .tolerant import Skipped, report_skipped
+
+    t0 = time.perf_counter()
+    n, world, rank = len(ds), dist.world_size, dist.rank
+    names = [_shard_name(r) for r in range(world)]
+
+    def up_to_date() -> bool:
+        if overwrite or not is_index_folder(target):
+            return False
+        try:
+            existing = ProfileIndex.open(target)
+        except IndexError_:
+            return False
+        return all(existing.meta.get(k) == v for k, v in key.items() if k != "n")
+
+    if dist.run_on_main(up_to_date):  # rank 0 decides, so that all ranks take the same branch
+        idx = dist.run_everywhere(lambda: ProfileIndex.open(target))
+        idx.build_info = {"status": "up to date", "resumed_from": n, "rows_computed": 0, "seconds": 0.0}
+        return idx
+    work = partial_dir(target)
+
+    @contextlib.contextmanager
+    def lock_and_prepare() -> Any:
+        with exclusive_lock(target, command="psal index"):
+            # Whatever a run of another world size or a single-process run left here cannot be
+            # continued by these shards (their own leftovers are checked by their own builds).
+            work.mkdir(parents=True, exist_ok=True)
+            wanted = set(names) | {f".{name}.partial" for name in names}
+            for entry in work.iterdir():
+                if entry.name not in wanted:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            yield
+
+    with dist.main_holds(lock_and_prepare):
+        rows = dist.shard(n)
+        part = replace(ds.subset(rows), description=f"{ds.description}, rows {rows.start}-{rows.stop - 1} "
+                                                    f"(rank {rank} of {world})")
+
+        def build_mine() -> dict[str, Any]:
+            report: dict[str, Any] = {"folder": None, "rank": rank, "start": rows.start, "stop": rows.stop,
+                                      "n": 0, "skipped": [], "info": {"resumed_from": 0, "rows_computed": len(part)}}
+            if not len(part):
+                return report  # fewer images than ranks
+            try:
+                shard = build_index(model, part, work / names[rank], batch_size=batch_size, progress=progress,
+                                    checkpoint_every=checkpoint_every, num_workers=num_workers, strict=strict)
+            except _NothingReadable as err:
+                # Not fatal for one block: the other blocks may hold readable images.
+                if strict and err.skipped:
+                    report_skipped(Skipped(**err.skipped[0]), strict=True, command="psal index")
+                report["skipped"] = err.skipped
+                return report
+            report.update(folder=names[rank], n=len(shard), skipped=shard.skipped, info=shard.build_info)
+            return report
+
+        reports = dist.all_gather_objects(dist.run_everywhere(build_mine))
+
+        def finish() -> None:
+            _write_manifest(model, ds, work, key, reports, world)
+            swap_into_place(work, target)
+
+        dist.run_on_main(finish)
+    idx = dist.run_everywhere(lambda: ProfileIndex.open(target))
+    infos = [r["info"] for r in reports]
+    resumed_from = sum(int(i.get("resumed_from", 0)) for i in infos)
+    idx.build_info = {"status": "resumed" if resumed_from else "built", "resumed_from": resumed_from,
+                      "rows_computed": sum(int(i.get("rows_computed", 0)) for i in infos),
+                      "seconds": time.perf_counter() - t0, "skipped": len(idx.skipped)}
+    return idx
+
+
+def _write_manifest(
+    model: LoadedModel,
+    ds: LabeledImages,
+    work: Path,
+    key: dict[str, Any],
+    reports: list[dict[str, Any]],
+    world: int,
+) -> None:
+    """Rank 0, every shard complete: check them, write ``manifest.json``, drop any leftover."""
+    from . import __version__
+
+    skipped = [d for r in reports for d in r["skipped"]]
+    metas = {r["folder"]: json.loads((work / r["folder"] / META_FILE).read_text()) for r in reports if r["folder"]}
+    if not metas:
+        e = skipped[0] if skipped else {"file": "?", "reason": "?"}
+        raise IndexError_(f"none of the {len(ds)} images of {ds.description} could be read "
+                          f"(e.g. {e['file']}: {e['reason']})")
+    first = next(iter(metas.values()))
+    same = ("layout", "n_filters", "feature_layer", "feature_dim", "profile_dtype", "profile_mode")
+    for name, m in metas.items():
+        if any(m.get(k) != first.get(k) for k in same) or any(m.get(k) != key[k] for k in
+                                                              ("model", "weights_id", "layout_checksum", "preprocess")):
+            raise IndexError_(f"the shards of {work} disagree ({name}): were the ranks given the same model?")
+    rows = sum(int(m["n"]) for m in metas.values())
+    wrong = sum(int(m["n_incorrect"]) for m in metas.values())
+    shards = [{"folder": r["folder"], "rank": r["rank"], "start": r["start"], "stop": r["stop"], "n": r["n"],
+               "meta_sha256": sha256_file(work / r["folder"] / META_FILE) if r["folder"] else None} for r in reports]
+    index_meta = {
+        **key,
+        **{k: first.get(k) for k in same},
+        "dataset": ds.description,
+        "accuracy": (rows - wrong) / rows,
+        "n_incorrect": wrong,
+        "device": str(model.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "n": rows,
+        "skipped": skipped,
+    }
+    manifest = {"format": MANIFEST_FORMAT, "index": index_meta, "world_size": world, "shards": shards}
+    keep = {MANIFEST_FILE} | set(metas)
+    for entry in work.iterdir():  # e.g. the empty .partial folder of a block with nothing readable
+        if entry.name not in keep:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    _write_atomic(work / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 
 
 def _read_progress(tmp: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -836,7 +1086,7 @@ def index_for(
     model = explainer.model
     if path is not None:
         folder = Path(path)
-        if not (folder / META_FILE).is_file():
+        if not is_index_folder(folder):
             idx = build_index(model, dataset, folder, batch_size=batch_size, progress=progress)
             return idx.aligned(idx.usable(dataset))
         idx = ProfileIndex.open(folder)
@@ -844,7 +1094,7 @@ def index_for(
         return idx.aligned(idx.usable(dataset))
     root = index_root(model.name)
     if root.is_dir():
-        for candidate in sorted(p for p in root.iterdir() if (p / META_FILE).is_file()):
+        for candidate in sorted(p for p in root.iterdir() if is_index_folder(p)):
             try:
                 idx = ProfileIndex.open(candidate)
                 idx.check_model(model)

@@ -6,7 +6,9 @@ folder, saves them (counts, mean, M2, the per-sample results so far and the posi
 continues from there and ends with results identical, byte for byte, to an uninterrupted run
 (the batches are the same, so the float64 merges happen in the same order). A checkpoint of
 another run is ignored with a message. :func:`run_stats` is the whole command: the lock on the
-output folder, the checkpoint beside it, the unit write of the folder.
+output folder, the checkpoint beside it, the unit write of the folder. Under ``torchrun`` it
+splits the dataset over the ranks and merges their moments exactly (Chan's formula, float64;
+:mod:`psal_widgets.distributed`); rank 0 writes the folder.
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ from tqdm.auto import tqdm
 from ._types import Strategy
 from .atomic import exclusive_lock, partial_dir
 from .data import LabeledImages
+from .distributed import SINGLE, DistContext, shard_range
 from .kernels.filters import FilterIndex
 
 # A module attribute on purpose: tests interrupt a run by replacing it.
 from .kernels.profiles import filter_profiles
-from .kernels.stats import FilterStats, RunningMoments
+from .kernels.stats import FilterStats, RunningMoments, merge_moments
 from .models import LoadedModel
 from .store import SampleResults, check_replaceable, layout_meta, save_stats
 from .tolerant import Skipped, TolerantImages, report_skipped
@@ -51,8 +54,9 @@ def _stderr(message: str) -> None:
 
 
 def _run_key(model: LoadedModel, ds: LabeledImages, index: FilterIndex, *, batch_size: int,
-             strategy: str, keep_profiles: bool) -> dict[str, Any]:
-    """What a checkpoint must share with this run to be continued: model, weights, data, options."""
+             strategy: str, keep_profiles: bool, shard: dict[str, int] | None = None) -> dict[str, Any]:
+    """What a checkpoint must share with this run to be continued: model, weights, data, options
+    (and, for one rank of a torchrun run, its place: ``{"rank", "world_size"}``)."""
     digest = hashlib.sha256()
     digest.update(os.fspath(Path(ds.root).resolve()).encode())  # hashed: no absolute path on disk
     for f, y in zip(ds.relative_files(), ds.labels):
@@ -68,6 +72,7 @@ def _run_key(model: LoadedModel, ds: LabeledImages, index: FilterIndex, *, batch
         "batch_size": batch_size,
         "strategy": strategy,
         "keep_profiles": keep_profiles,
+        **({"shard": shard} if shard is not None else {}),
     }))
 
 
@@ -191,9 +196,34 @@ def compute_stats(
         raise ValueError(f"batch_size and checkpoint_every must be at least 1; got {batch_size}, {checkpoint_every}")
     index = FilterIndex(model.module)
     ds = replace(dataset, preprocess=model.preprocess)
-    files = ds.relative_files()
     key = _run_key(model, ds, index, batch_size=batch_size, strategy=strategy, keep_profiles=keep_profiles)
     ckpt = Path(checkpoint) / CHECKPOINT_FILE if checkpoint is not None else None
+    state = _accumulate(model, ds, index, key=key, ckpt=ckpt, batch_size=batch_size, strategy=strategy,
+                        num_workers=num_workers, progress=progress, keep_profiles=keep_profiles,
+                        checkpoint_every=checkpoint_every, strict=strict, notify=notify)
+    return _finish(model, ds, index, state, keep_profiles=keep_profiles)
+
+
+def _accumulate(
+    model: LoadedModel,
+    ds: LabeledImages,
+    index: FilterIndex,
+    *,
+    key: dict[str, Any],
+    ckpt: Path | None,
+    batch_size: int,
+    strategy: Strategy,
+    num_workers: int | None,
+    progress: bool,
+    keep_profiles: bool,
+    checkpoint_every: int,
+    strict: bool,
+    notify: Callable[[str], None],
+    desc: str | None = None,
+) -> _Progress:
+    """One pass over ``ds`` (already preprocessed as the model wants; may be empty: a rank with
+    no rows): the moments and per-sample results, checkpointed into ``ckpt``."""
+    files = ds.relative_files()
     state = _Progress.load(ckpt, key, index.n_filters, notify) if ckpt is not None else None
     if state is None:
         state = _Progress(index.n_filters)
@@ -207,7 +237,7 @@ def compute_stats(
     # Decoding the next batches overlaps with this one's compute; pinned memory only helps a GPU copy.
     loader = DataLoader(TolerantImages(ds.subset(range(start, len(ds)))), batch_size=batch_size,
                         num_workers=workers if start < len(ds) else 0, shuffle=False, pin_memory=cuda)
-    bar = tqdm(total=len(ds), initial=start, desc=f"stats {model.name}", unit="img", disable=not progress)
+    bar = tqdm(total=len(ds), initial=start, desc=desc or f"stats {model.name}", unit="img", disable=not progress)
     batches = 0
     try:
         for images, labels, reasons in loader:
@@ -236,6 +266,21 @@ def compute_stats(
             state.save(ckpt, key)  # the whole pass: a crash while saving the results costs no compute
     finally:
         bar.close()
+    return state
+
+
+def _finish(
+    model: LoadedModel,
+    ds: LabeledImages,
+    index: FilterIndex,
+    state: _Progress,
+    *,
+    keep_profiles: bool,
+    extra_meta: dict[str, Any] | None = None,
+) -> tuple[FilterStats, SampleResults]:
+    """The statistics and per-sample results of a whole pass over ``ds`` (``state`` holds the
+    samples in dataset order), with their metadata."""
+    files = ds.relative_files()
     moments = state.moments
     if moments.n == 0:
         raise ValueError(f"none of the {len(ds)} images of {ds.description} could be read "
@@ -262,6 +307,7 @@ def compute_stats(
         "dead_filters": int((moments.std() <= 1e-14).sum()),
         "accuracy": float(np.mean(samples.correct)),
         "skipped": [s.to_dict() for s in state.skipped],
+        **(extra_meta or {}),
     }
     return FilterStats(moments.mean.clone(), moments.std(), meta), samples
 
@@ -278,6 +324,7 @@ def run_stats(
     strict: bool = False,
     num_workers: int | None = None,
     notify: Callable[[str], None] = _stderr,
+    dist: DistContext = SINGLE,
 ) -> tuple[FilterStats, SampleResults]:
     """``psal stats``: compute the statistics of ``dataset`` into the folder ``out``, resumably.
 
@@ -285,12 +332,33 @@ def run_stats(
     ``.NAME.partial`` beside it, writes the folder as a unit (:func:`~psal_widgets.store.save_stats`)
     and only then removes the checkpoint.
 
+    Parameters
+    ----------
+    dist : DistContext
+        The ranks of a ``torchrun`` run (:func:`~psal_widgets.distributed.init_distributed`);
+        default one process. With several, each rank computes a contiguous block of the dataset
+        (its checkpoint ``checkpoint-rankR-ofW.safetensors`` in the same hidden folder), the
+        moments (count, mean, M2, float64) are gathered and merged with Chan's formula in rank
+        order, and rank 0 alone holds the lock and writes ``out``, with the per-sample results
+        and skipped images in dataset order; the others wait for it.
+
+    Returns
+    -------
+    (FilterStats, SampleResults)
+        The same on every rank, except that kept ``profiles`` come back on rank 0 only.
+
     Raises
     ------
     psal_widgets.atomic.LockedError
         Another live run writes ``out``.
+    psal_widgets.distributed.DistributedError
+        Another rank failed (on the ranks that did not).
     """
     target = Path(out)
+    if dist.enabled:
+        return _run_stats_sharded(model, dataset, target, dist=dist, batch_size=batch_size, progress=progress,
+                                  keep_profiles=keep_profiles, checkpoint_every=checkpoint_every, strict=strict,
+                                  num_workers=num_workers, notify=notify)
     check_replaceable(target)  # before the work, not after it
     with exclusive_lock(target, command="psal stats"):
         work = partial_dir(target)
@@ -301,3 +369,84 @@ def run_stats(
         save_stats(target, stats, samples=samples)
         shutil.rmtree(work, ignore_errors=True)
     return stats, samples
+
+
+def _run_stats_sharded(
+    model: LoadedModel,
+    dataset: LabeledImages,
+    target: Path,
+    *,
+    dist: DistContext,
+    batch_size: int,
+    progress: bool,
+    keep_profiles: bool,
+    checkpoint_every: int,
+    strict: bool,
+    num_workers: int | None,
+    notify: Callable[[str], None],
+) -> tuple[FilterStats, SampleResults]:
+    """:func:`run_stats` on one rank of several (see there)."""
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    if batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"batch_size and checkpoint_every must be at least 1; got {batch_size}, {checkpoint_every}")
+    index = FilterIndex(model.module)
+    n_filters = index.n_filters
+    ds = replace(dataset, preprocess=model.preprocess)
+    dist.run_on_main(lambda: check_replaceable(target))  # only rank 0 writes it: its view counts
+    with dist.main_holds(lambda: exclusive_lock(target, command="psal stats")):
+        work = partial_dir(target)
+        rows = dist.shard(len(ds))
+        part = ds.subset(rows)
+        key = _run_key(model, part, index, batch_size=batch_size, strategy="auto", keep_profiles=keep_profiles,
+                       shard={"rank": dist.rank, "world_size": dist.world_size})
+        ckpt = work / f"checkpoint-rank{dist.rank}-of{dist.world_size}.safetensors"
+        desc = f"stats {model.name} (rank {dist.rank} of {dist.world_size})"
+        state = dist.run_everywhere(lambda: _accumulate(
+            model, part, index, key=key, ckpt=ckpt, batch_size=batch_size, strategy="auto",
+            num_workers=num_workers, progress=progress, keep_profiles=keep_profiles,
+            checkpoint_every=checkpoint_every, strict=strict, notify=notify, desc=desc))
+        # The moments travel as float64 tensors [1 + 2F] (count, mean, M2): the merge is exact
+        # to float64 rounding, whatever the backend.
+        mine = torch.cat([torch.tensor([float(state.moments.n)], dtype=torch.float64),
+                          state.moments.mean, state.moments.m2])
+        parts = [(int(t[0].item()), t[1 : 1 + n_filters], t[1 + n_filters :]) for t in dist.all_gather_tensor(mine)]
+        merged = merge_moments(parts, n_filters)
+
+        def cat(arrays: list[np.ndarray], dtype: Any, width: int | None = None) -> np.ndarray:
+            empty = np.zeros((0,) if width is None else (0, width), dtype=dtype)
+            return np.concatenate(arrays).astype(dtype, copy=False) if arrays else empty
+
+        payload = {
+            "pred": cat(state.preds, np.int64),
+            "prob_label": cat(state.prob_label, np.float32),
+            "prob_pred": cat(state.prob_pred, np.float32),
+            "profiles": cat(state.profiles, np.float16, n_filters) if keep_profiles else None,
+            "skipped": [s.to_dict() for s in state.skipped],
+        }
+        gathered = dist.gather_objects(payload)  # rank 0 only: it alone writes
+        full: list[tuple[FilterStats, SampleResults]] = []
+
+        def write() -> tuple[FilterStats, SampleResults]:
+            assert gathered is not None
+            total = _Progress(n_filters)
+            total.moments = merged
+            for got in gathered:  # rank order: contiguous blocks, so dataset order
+                total.preds.append(got["pred"])
+                total.prob_label.append(got["prob_label"])
+                total.prob_pred.append(got["prob_pred"])
+                if keep_profiles:
+                    total.profiles.append(got["profiles"])
+                total.skipped += [Skipped(**d) for d in got["skipped"]]
+            blocks = [shard_range(len(ds), r, dist.world_size) for r in range(dist.world_size)]
+            shards = [{"rank": r, "start": blocks[r].start, "stop": blocks[r].stop, "n": parts[r][0]}
+                      for r in range(dist.world_size)]
+            extra = {"distributed": {"world_size": dist.world_size, "backend": dist.backend, "shards": shards}}
+            stats, samples = _finish(model, ds, index, total, keep_profiles=keep_profiles, extra_meta=extra)
+            save_stats(target, stats, samples=samples)
+            shutil.rmtree(work, ignore_errors=True)
+            full.append((stats, samples))
+            return stats, replace(samples, profiles=None)  # the profiles stay on rank 0
+
+        result = dist.run_on_main(write)
+    return full[0] if full else result

@@ -1,13 +1,20 @@
-"""Per-filter validation statistics (mean and std of the raw profile), streamed in float64."""
+"""Per-filter validation statistics (mean and std of the raw profile), streamed in float64.
+
+:class:`RunningMoments` keeps (count, mean, M2) and merges batches with Chan et al.'s parallel
+formula; :func:`merge_moments` applies the same formula to the moments of several shards (the
+ranks of a ``torchrun`` run), so that a sharded run gives the statistics of one pass to float64
+rounding.
+"""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["FilterStats", "RunningMoments"]
+__all__ = ["FilterStats", "RunningMoments", "merge_moments"]
 
 from .standardize import STD_FLOOR, safe_std
 
@@ -71,7 +78,28 @@ class RunningMoments:
         if nb == 0:
             return
         mb = x.mean(dim=0)
-        m2b = ((x - mb) ** 2).sum(dim=0)
+        self.merge(nb, mb, ((x - mb) ** 2).sum(dim=0))
+
+    def merge(self, count: int, mean: Tensor, m2: Tensor) -> None:
+        """Merge the moments of another group of samples (Chan et al.'s parallel formula).
+
+        Parameters
+        ----------
+        count : int
+            Samples in the other group; 0 changes nothing.
+        mean, m2 : Tensor, shape [F]
+            Their mean and sum of squared deviations from it (float64 for an exact merge).
+        """
+        nb = int(count)
+        if nb < 0:
+            raise ValueError(f"count must be at least 0; got {count}")
+        if nb == 0:
+            return
+        mb = mean.detach().to(device="cpu", dtype=torch.float64)
+        m2b = m2.detach().to(device="cpu", dtype=torch.float64)
+        if mb.shape != self.mean.shape or m2b.shape != self.mean.shape:
+            raise ValueError(f"expected moments of shape [{self.mean.shape[0]}]; "
+                             f"got {tuple(mb.shape)}, {tuple(m2b.shape)}")
         n = self.n + nb
         delta = mb - self.mean
         self.mean = self.mean + delta * (nb / n)
@@ -83,3 +111,27 @@ class RunningMoments:
         if self.n - ddof <= 0:
             return torch.zeros_like(self.m2)
         return (self.m2 / (self.n - ddof)).sqrt()
+
+
+def merge_moments(parts: Sequence[tuple[int, Tensor, Tensor]], n_features: int) -> RunningMoments:
+    """The moments of the union of several groups of samples, from each group's moments.
+
+    Chan et al.'s pairwise formula, applied in the order given (the result does not depend on
+    where the groups' boundaries fall, up to float64 rounding).
+
+    Parameters
+    ----------
+    parts : sequence of (count, mean, m2)
+        ``count`` samples per group (0 allowed: an empty shard), ``mean`` and ``m2`` of shape [F].
+    n_features : int
+        F, so that an empty sequence (or only empty groups) gives zero moments of the right size.
+
+    Returns
+    -------
+    RunningMoments
+        ``n`` = the total count; ``mean``, ``m2`` of shape [F], float64.
+    """
+    total = RunningMoments(n_features)
+    for count, mean, m2 in parts:
+        total.merge(count, mean, m2)
+    return total
