@@ -26,7 +26,6 @@ from typing import Any
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 
 from .._types import SortedProfile
 from ..viz.figures import (
@@ -43,6 +42,7 @@ from ..viz.figures import (
     value_range,
 )
 from .common import explain
+from .figure import FigureWidget
 from .host import Host, StateEvent
 from .html import esc, span, table
 from .sizing import WidthProbe
@@ -163,7 +163,7 @@ class ProfilePanel:
             self._profile, self._filters, dead=self._dead, height=CHART_HEIGHT, width=_FIRST_WIDTH
         )
         # layout= in the constructor: a layout set later, before display, never reaches Voila.
-        self.figure = go.FigureWidget(data=spec["data"], layout=spec["layout"])
+        self.figure = FigureWidget(data=spec["data"], layout=spec["layout"])
         self._remember()
         g = host.status.guard
         self.figure.data[PROFILE_TRACE].on_click(g(self._clicked_profile, "chart click"))

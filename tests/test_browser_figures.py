@@ -1,0 +1,91 @@
+"""Many plotly figures on one page, in a real browser (Voila + Debian's Chromium via Playwright).
+
+plotly's own ``FigureWidget`` makes anywidget parse its 5 MB bundle once per figure (about 1 s
+each here) and anywidget gives each model 2 s to initialize: a page that created three figures
+at once lost the later ones ("[anywidget] Failed to initialize model.", empty charts).
+:class:`psal_widgets.widgets.figure.FigureWidget` loads plotly.js once per page and records
+the messages sent before it has run. The page below creates six figures in one cell and
+restyles each right after it is created, inside that window: every figure must show its
+restyled data, and the page must report no error. With plotly's own class the same page gave,
+here, two "Failed to initialize model" errors and all six figures on their first data.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from psal_widgets.dashboard import BLOCKED_URL, CHROMIUM_ARGS, chromium_path, launch
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = chromium_path()
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"),
+]
+
+N_FIGURES = 6
+LOAD_MS = 180_000
+
+_CELL = f"""
+import ipywidgets as W
+from psal_widgets.widgets.figure import FigureWidget
+
+figs = []
+for i in range({N_FIGURES}):
+    f = FigureWidget(data=[{{"type": "scatter", "x": [0, 1, 2], "y": [0, 0, 0], "mode": "markers"}}],
+                     layout={{"width": 300, "height": 200, "title": {{"text": f"figure {{i}}"}}}})
+    figs.append(f)
+box = W.GridBox(figs, layout=W.Layout(grid_template_columns="repeat(3, 310px)"))
+display(box)
+# Sent right after the figures were created, before any browser can have run plotly.js.
+for i, f in enumerate(figs):
+    f.data[0].y = [i, i + 1, i + 2]
+"""
+
+NOTEBOOK = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "many", "metadata": {}, "outputs": [],
+               "source": _CELL}],
+    "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+                 "language_info": {"name": "python"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+#: The y values each drawn figure shows, in page order.
+DRAWN_JS = """
+() => [...document.querySelectorAll('.js-plotly-plot')].map(
+  g => (g._fullData && g._fullData[0] && g._fullData[0].y) ? Array.from(g._fullData[0].y) : null)
+"""
+
+
+def test_six_figures_created_together_all_draw_their_latest_data(tmp_path) -> None:
+    nb = tmp_path / "many.ipynb"
+    nb.write_text(json.dumps(NOTEBOOK))
+    dash = launch(notebook=nb, check=False, preheat=False, quiet=True, timeout=120)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                errors: list[str] = []
+                page.on("pageerror", lambda err: errors.append(str(err)))
+                page.route(BLOCKED_URL, lambda route: route.abort())
+                page.goto(dash.url, timeout=LOAD_MS)
+                page.wait_for_function(
+                    f"() => {{ const d = ({DRAWN_JS})(); return d.length === {N_FIGURES} && d.every(y => y); }}",
+                    timeout=LOAD_MS,
+                )
+                expected = json.dumps([[i, i + 1, i + 2] for i in range(N_FIGURES)], separators=(",", ":"))
+                try:
+                    page.wait_for_function(f"() => JSON.stringify(({DRAWN_JS})()) === {json.dumps(expected)}",
+                                           timeout=30_000)
+                except sync_api.TimeoutError:
+                    pytest.fail(f"figures show {page.evaluate(DRAWN_JS)}, want {expected}; errors {errors}")
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        dash.stop()
