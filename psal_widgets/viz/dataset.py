@@ -32,6 +32,12 @@ CURRENT_TRACE = 2
 GROUP_COLORS = ("#2ca02c", "#d62728")
 
 
+# The title in the top band of the margin, the legend in the band under it: with both at the
+# plot's top edge the legend covered the title.
+_TITLE_PLACE: dict[str, Any] = {"x": 0.0, "xref": "paper", "xanchor": "left", "y": 1.0, "yref": "container",
+                                "yanchor": "top", "pad": {"t": 6}}
+_LEGEND_PLACE: dict[str, Any] = {"orientation": "h", "x": 0.0, "y": 1.02, "yanchor": "bottom", "font": {"size": 11}}
+
 def _axis_ticks(layer_names: Sequence[str]) -> dict[str, Any]:
     """Ticks at the middle of each stage (groups of layers sharing a name prefix)."""
     groups = layer_groups(list(layer_names))
@@ -94,13 +100,14 @@ def summary_figure(
         )
     layout = {
         "height": int(height),
-        "margin": {"l": 50, "r": 10, "t": 30, "b": 70},
-        "title": {"text": "mean standardized profile, correct vs incorrect (paper Fig. 2)", "font": {"size": 12}},
+        "margin": {"l": 50, "r": 10, "t": 64, "b": 70},
+        "title": {"text": "mean standardized profile, correct vs incorrect (paper Fig. 2)", "font": {"size": 12},
+                  **_TITLE_PLACE},
         "xaxis": {**_axis_ticks(layer_names), "title": {"text": "layers (filters sorted within each)",
                                                         "font": {"size": 10}}},
         "yaxis": {"title": {"text": "mean standardized saliency", "font": {"size": 10}}, "zeroline": True},
         "shapes": layer_shapes(len(layer_names)),
-        "legend": {"orientation": "h", "x": 0.0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
+        "legend": _LEGEND_PLACE,
         "dragmode": "zoom",
         "hovermode": "x",
     }
@@ -175,12 +182,12 @@ def map_figure(
     axis = ("PC1", "PC2") if method == "pca" else (f"{method} 1", f"{method} 2")
     layout = {
         "height": int(height),
-        "margin": {"l": 40, "r": 10, "t": 30, "b": 40},
+        "margin": {"l": 40, "r": 10, "t": 64, "b": 40},
         "title": {"text": f"saliency space ({method.upper()}): click a point to open the image",
-                  "font": {"size": 12}},
+                  "font": {"size": 12}, **_TITLE_PLACE},
         "xaxis": {"title": {"text": axis[0], "font": {"size": 10}}, "zeroline": False},
         "yaxis": {"title": {"text": axis[1], "font": {"size": 10}}, "zeroline": False},
-        "legend": {"orientation": "h", "x": 0.0, "y": 1.0, "yanchor": "bottom", "font": {"size": 11}},
+        "legend": _LEGEND_PLACE,
         "dragmode": "pan",
         "hovermode": "closest",
         "clickmode": "event",

@@ -19,21 +19,31 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 
 from ..viz.dataset import CORRECT_TRACE, CURRENT_TRACE, INCORRECT_TRACE, map_figure, summary_figure
 from .common import explain
+from .figure import FigureWidget
 from .host import Host, StateEvent
 from .html import esc, span
+from .sizing import WidthProbe
 
-__all__ = ["DatasetViewPanel", "map_point", "umap_available"]
+__all__ = ["ALL", "EVERY_CLASS", "DatasetViewPanel", "map_point", "short_name", "umap_available"]
 
 #: Rows listed in the error table (the worst first); the filters narrow the list further.
 TABLE_ROWS = 200
+
+#: The filters' "no filter" choices. Not ``None``: an ipywidgets 8 dropdown whose value is
+#: ``None`` selects no option and shows an empty box instead of "all images".
+ALL = "all"
+EVERY_CLASS = -1
+
+#: Width the charts leave for the panel's own padding.
+_CHART_MARGIN = 24
 
 _HELP = (
     "The whole dataset through the eyes of parameter saliency. <b>Fig. 2</b>: each image's "
@@ -53,10 +63,16 @@ def umap_available() -> bool:
     return importlib.util.find_spec("umap") is not None
 
 
+def short_name(file: str) -> str:
+    """The image's file name without its folders: the table and the hover name images as the
+    status line does, without the dataset's location on this machine."""
+    return PurePath(str(file).replace("\\", "/")).name or str(file)
+
+
 def _hover(r: dict[str, Any]) -> str:
     mark = "correct" if r["correct"] else "wrong"
     return (
-        f"{esc(r['file'])}<br>true: {esc(r['label_name'])}<br>pred: {esc(r['pred_name'])} ({mark})"
+        f"{esc(short_name(r['file']))}<br>true: {esc(r['label_name'])}<br>pred: {esc(r['pred_name'])} ({mark})"
         f"<br>loss {r['loss']:.2f}, mean saliency {r['mean_saliency']:+.2f}"
     )
 
@@ -65,7 +81,7 @@ def _row_text(r: dict[str, Any]) -> str:
     mark = "✓" if r["correct"] else "✗"
     return (
         f"{mark} loss {r['loss']:6.2f}  sal {r['mean_saliency']:+6.2f}  "
-        f"{r['label_name']} → {r['pred_name']}  ({r['file']})"
+        f"{r['label_name']} → {r['pred_name']}  ({short_name(r['file'])})"
     )
 
 
@@ -107,12 +123,12 @@ class DatasetViewPanel:
         self.descending = W.Checkbox(value=True, description="largest first", indent=False,
                                      layout=W.Layout(width="110px"))
         self.only = W.Dropdown(
-            options=[("all images", None), ("mistakes", "incorrect"), ("correct", "correct")],
-            value=None, layout=W.Layout(width="120px"),
+            options=[("all images", ALL), ("mistakes", "incorrect"), ("correct", "correct")],
+            value=ALL, description="show", layout=W.Layout(width="170px"),
         )
         self.cls = W.Dropdown(
-            options=[("every class", None)] + [(f"{s.labels.name(c)} ({c})", c) for c in present],
-            value=None, layout=W.Layout(width="220px"),
+            options=[("every class", EVERY_CLASS)] + [(f"{s.labels.name(c)} ({c})", c) for c in present],
+            value=EVERY_CLASS, description="class", layout=W.Layout(width="260px"),
         )
         methods = [("PCA", "pca")] + ([("UMAP", "umap")] if umap_available() else [])
         self.method = W.Dropdown(options=methods, value="pca", description="map",
@@ -123,10 +139,14 @@ class DatasetViewPanel:
         self.summary_text = W.HTML("")
         empty = summary_figure(np.zeros(0), np.zeros(0), np.zeros(0), layer_names=[], n_correct=0, n_incorrect=0)
         # Layout at construction: layout updates made before display never reach a Voila page.
-        self.summary_figure = go.FigureWidget(data=empty["data"], layout=empty["layout"])
+        self.summary_figure = FigureWidget(data=empty["data"], layout=empty["layout"])
         spec = map_figure(np.zeros((0, 2)), np.zeros(0, dtype=bool), [])
-        self.map_figure = go.FigureWidget(data=spec["data"], layout=spec["layout"])
+        self.map_figure = FigureWidget(data=spec["data"], layout=spec["layout"])
         g = host.status.guard
+        # The charts are drawn while their tab is hidden, where plotly.js falls back to 700 px;
+        # the probe reports the panel's width once the tab is shown and the charts follow it.
+        self.probe = WidthProbe()
+        self.probe.observe(g(self._resized, "dataset view size"), names="width")
         for t in (CORRECT_TRACE, INCORRECT_TRACE):
             self.map_figure.data[t].on_click(g(self._clicked, "map click"))
         for w in (self.sort, self.descending, self.only, self.cls):
@@ -141,6 +161,7 @@ class DatasetViewPanel:
         self.widget = W.VBox(
             [
                 explain("Dataset view", "where the mistakes lie in saliency space (paper Fig. 2, §3.2).", _HELP),
+                self.probe,
                 self.summary_text,
                 chart_box,
                 W.HBox([self.sort, self.descending, self.only, self.cls, self.count],
@@ -182,7 +203,9 @@ class DatasetViewPanel:
     def refresh_table(self) -> None:
         """Re-list the table for the current sort and filters (on the worker)."""
         s = self.host.session
-        sort, only, cls, desc = self.sort.value, self.only.value, self.cls.value, bool(self.descending.value)
+        sort, desc = self.sort.value, bool(self.descending.value)
+        only = None if self.only.value == ALL else self.only.value
+        cls = None if self.cls.value in (None, EVERY_CLASS) else int(self.cls.value)
 
         def listing() -> None:
             rows = s.dataset_table(sort=sort, only=only, cls=cls, descending=desc)
@@ -219,6 +242,14 @@ class DatasetViewPanel:
             self._mark_current()
 
         self.host.worker.run(draw, what="dataset map")
+
+    def _resized(self, _change: dict[str, Any]) -> None:
+        width = int(self.probe.width) - _CHART_MARGIN
+        if width < 200:
+            return
+        for fig in (self.summary_figure, self.map_figure):
+            if fig.layout.width != width:
+                fig.layout.width = width
 
     def _mark_current(self) -> None:
         i = self.host.session.dataset_index
