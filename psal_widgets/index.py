@@ -67,7 +67,7 @@ from .atomic import write_text_atomic as _write_atomic
 from .distributed import SINGLE, DistContext
 
 # A module attribute on purpose: tests interrupt a build by replacing it.
-from .kernels.profiles import filter_profiles
+from .kernels.profiles import filter_profiles, tap_in_profile_pass
 
 if TYPE_CHECKING:
     from .data import LabeledImages
@@ -767,9 +767,12 @@ def _build_locked(
         _write_atomic(tmp / PROGRESS_FILE, json.dumps({**state, "rows_done": rows_done,
                                                         "skipped": [k.to_dict() for k in skipped]}))
 
-    # The per-image loop is the exact path on CPU; the features come from its own forward passes.
-    # Elsewhere the vectorized path is used and the features take one extra no-grad forward.
-    strategy = "loop" if model.device.type == "cpu" else "vmap"
+    # The profiles take the same path as `psal stats` (`auto`: one batched forward and backward
+    # with per-sample gradients from hooks where every conv allows it, else the per-image loop on
+    # CPU or vmap elsewhere), and the features come from that same forward when it ran as plain
+    # module calls (hooks, loop): one row per image. Otherwise (vmap, or a fallback found midway)
+    # they take one extra no-grad forward.
+    tap_inline = tap_in_profile_pass(model.module, findex, model.device)
     tap = FeatureTap(model.module, layer) if layer is not None else None
     rest = TolerantImages(ds.subset(range(start, n)))
     loader = DataLoader(rest, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -791,13 +794,12 @@ def _build_locked(
                 continue
             at = np.asarray(good, dtype=np.int64) + row  # rows of the readable images
             images, y = images[good].to(model.device), y[good]
-            ctx = tap.tap() if (tap is not None and strategy == "loop") else contextlib.nullcontext()
+            ctx = tap.tap() if (tap is not None and tap_inline) else contextlib.nullcontext()
             with ctx:
-                batch = filter_profiles(model.module, images, y, index=findex, mode="raw", strategy=strategy)
+                batch = filter_profiles(model.module, images, y, index=findex, mode="raw", strategy="auto")
             if tap is not None:
-                if strategy == "loop":
-                    feats = tap.take()
-                else:
+                feats = tap.take() if tap_inline else None
+                if feats is None or feats.shape[0] != len(good):
                     with torch.no_grad(), tap.tap():
                         model.module(images)
                     feats = tap.take()

@@ -16,11 +16,13 @@ from torch import Tensor, nn
 from .._types import Mode, Strategy
 from .filters import FilterIndex
 from .grad_mode import requires_grad
-from .standardize import profile_mode
 from .persample import HooksUnsupported, hooks_supported, profiles_hooks
+from .standardize import profile_mode
 from .stats import FilterStats
 
-__all__ = ["ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize"]
+__all__ = [
+    "ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize", "tap_in_profile_pass",
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,15 @@ def _resolve_strategy(strategy: Strategy, device: torch.device) -> str:
     if strategy not in ("loop", "vmap", "hooks"):
         raise ValueError(f"unknown strategy {strategy!r}; choose auto, loop, vmap or hooks")
     return strategy
+
+
+def tap_in_profile_pass(model: nn.Module, index: FilterIndex, device: torch.device) -> bool:
+    """Whether ``filter_profiles(..., strategy="auto")`` runs the model as plain module calls
+    (hooks or the per-image loop), so forward hooks see each image exactly once, in order."""
+    how = _resolve_strategy("auto", device)
+    if how == "hooks" and not hooks_supported(model, index):
+        how = "loop" if device.type == "cpu" else "vmap"
+    return how in ("hooks", "loop")
 
 
 def filter_profiles(
