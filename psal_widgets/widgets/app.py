@@ -418,7 +418,16 @@ class Explorer(W.VBox):
         step = getattr(self.session, "basis_step", None)
         if step is None or not event.touches("profile", "image", "label"):
             return
-        self.worker.background(lambda: step(2), what="instant-map basis")
+        status = getattr(self.session, "basis_status", None)
+        self.maps_panel.show_basis({})  # the old analysis's count no longer holds
+
+        def build() -> bool:
+            more = step(2)
+            if status is not None:
+                self.maps_panel.show_basis(status())
+            return more
+
+        self.worker.background(build, what="instant-map basis")
 
     def wait_background(self, timeout: float = 300) -> None:
         """Block until the queue is empty and the instant-map basis is built (tests, benchmarks)."""

@@ -67,6 +67,9 @@ class MapsPanel:
         self.map = W.Image(value=_blank(), format="png", width=DISPLAY_WIDTH)
         self.map.add_class("psal-map")
         self.map_caption = W.HTML("")
+        # Progress of the instant-map basis: which clicks update the map at once.
+        self.instant = W.HTML("")
+        self.instant.add_class("psal-instant")
         self.percentile = W.FloatSlider(
             value=s.percentile,
             min=0.0,
@@ -119,6 +122,7 @@ class MapsPanel:
                 self.map,
                 self.map_colorbar,
                 self.map_caption,
+                self.instant,
                 self.percentile,
             ],
             layout=box,
@@ -136,6 +140,26 @@ class MapsPanel:
             layout=box,
         )
         host.changed.connect(self._on_change, "maps")
+
+    def show_basis(self, status: dict[str, Any]) -> None:
+        """Say how many of the likely filters already have an instant map (any thread).
+
+        ``status`` is ``Session.basis_status()``. The numbers are also in ``data-built`` /
+        ``data-planned`` attributes for benchmarks and tests.
+        """
+        built, planned = int(status.get("built", 0)), int(status.get("planned", 0))
+        if planned <= 0:
+            text = ""
+        elif built < planned:
+            text = (f"instant maps: {built} of {planned} likely filters ready; "
+                    "a click on one of them updates the map at once")
+        else:
+            text = (f"instant maps ready for the {planned} likely filters (the top ranks and each "
+                    "layer's best); any other filter takes one backward pass")
+        self.instant.value = (
+            f'<span data-built="{built}" data-planned="{planned}" style="font-size:11px;color:#555">'
+            f"{esc(text)}</span>"
+        )
 
     # -- requests (any thread) -------------------------------------------------------------------
     def request_map(self, *, delay: float | None = None) -> None:
