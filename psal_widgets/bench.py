@@ -267,6 +267,11 @@ def _bench_click(model_name: str, *, clicks: int, device: str | None, random_wei
     t = time.perf_counter()
     app.wait_background(timeout=1800)
     res["basis_build_s"] = time.perf_counter() - t
+    # The clicks above left random filters (outside the candidates) in F, and a set with more
+    # than two filters outside is computed directly: start from top-k again, as a user would
+    # with "reset to top-k", so that the sets below are inside the basis.
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(timeout=600)
     status = app.worker.call(s.basis_status)
     res["basis_candidates"] = status["built"]
     analysis = s._st.analysis

@@ -75,3 +75,29 @@ def test_wait_idle_ignores_background_and_errors_end_it() -> None:
     assert errors == ["basis: boom"]
     w.background(None)
     w.close()
+
+
+def test_background_starts_only_after_a_quiet_foreground() -> None:
+    w = Worker(idle_grace=0.5)
+    stamps: dict[str, float] = {}
+    w.run(lambda: stamps.setdefault("job_end", time.monotonic()))
+    w.wait_idle(10)
+    w.background(lambda: stamps.setdefault("step", time.monotonic()) is None)
+    w.wait_background(10)
+    assert stamps["step"] - stamps["job_end"] >= 0.45
+    w.close()
+
+
+def test_a_burst_of_jobs_runs_before_any_background_step() -> None:
+    # The grace is far longer than the pause between the two jobs (a person clicking twice).
+    # Without it the step would start at once, 0.1 s before job2.
+    w = Worker(idle_grace=3.0)
+    order: list[str] = []
+    w.run(lambda: order.append("job1"))
+    w.wait_idle(10)
+    w.background(lambda: order.append("step") is None and len(order) < 5)
+    time.sleep(0.1)
+    w.run(lambda: order.append("job2"))
+    w.wait_background(30)
+    assert order == ["job1", "job2", "step", "step", "step"]
+    w.close()

@@ -18,8 +18,10 @@ Two kinds of job:
 
 - ``background(step)``: idle-time work (building the instant-map basis). ``step()`` runs only
   when no other job is queued, one call at a time, until it returns False; a new
-  ``background`` call replaces (cancels) the previous one between two steps. Clicks therefore
-  wait at most one step. ``wait_idle`` does not wait for it (``wait_background`` does).
+  ``background`` call replaces (cancels) the previous one between two steps. Steps start only
+  once the foreground has been quiet for ``idle_grace`` seconds: people click in bursts, and a
+  click that arrives while a step runs waits for it (at most one step). ``wait_idle`` does not
+  wait for background work (``wait_background`` does).
 
 ``then(result)`` is called on the worker thread right after ``fn`` returns (ipywidgets trait
 updates are sent from any thread). Exceptions of ``fn`` or ``then`` go to ``on_error``.
@@ -69,8 +71,11 @@ class Worker:
         on_error: Callable[[BaseException, str], None] | None = None,
         on_busy: Callable[[bool], None] | None = None,
         name: str = "psal-worker",
+        idle_grace: float = 1.0,
     ) -> None:
         self.on_error = on_error
+        self.idle_grace = float(idle_grace)
+        self._last_foreground = 0.0  # time.monotonic() when the last job ended
         self.on_busy = on_busy
         self._queue: deque[_Job] = deque()
         self._generation: dict[str, int] = {}
@@ -247,6 +252,10 @@ class Worker:
                 if self._closed:
                     return None
                 if self._bg is not None:
+                    quiet_in = self._last_foreground + self.idle_grace - time.monotonic()
+                    if quiet_in > 0:  # a job just ended: more clicks may follow
+                        self._cond.wait(quiet_in)
+                        continue
                     step, what = self._bg
                     self._bg_running = True
                     return _Job(fn=step, then=None, what=what, background=self._bg_generation)
@@ -298,6 +307,7 @@ class Worker:
             finally:
                 with self._cond:
                     self._running = False
+                    self._last_foreground = time.monotonic()
                     job.done.set()
                     self._cond.notify_all()
 
