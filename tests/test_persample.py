@@ -130,6 +130,26 @@ def test_conv_filter_grads_against_autograd_on_one_layer():
     torch.testing.assert_close(conv_filter_grads(conv, x, grad_out), expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("kwargs", [
+    {"kernel_size": 3, "stride": (2, 1), "padding": (1, 2), "dilation": (1, 2)},
+    {"kernel_size": (5, 3), "stride": 2, "padding": 2, "dilation": 1},
+    {"kernel_size": 3, "stride": 1, "padding": 0, "dilation": 3, "padding_mode": "reflect"},
+], ids=["strided-dilated", "5x3-stride2", "reflect-dilated"])
+def test_depthwise_filter_grads_against_autograd(kwargs):
+    """The depthwise path (one grouped convolution, stride and dilation swapped) on its own."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(5, 5, groups=5, **kwargs).double()
+    x = torch.randn(4, 5, 13, 12, dtype=torch.float64)
+    out = conv(x)
+    grad_out = torch.randn_like(out)
+    per_sample = torch.stack([torch.autograd.grad(conv(x[i : i + 1]), conv.weight, grad_out[i : i + 1])[0]
+                              for i in range(4)])
+    expected = per_sample.abs().flatten(2).mean(2)
+    torch.testing.assert_close(conv_filter_grads(conv, x, grad_out), expected, rtol=1e-10, atol=0)
+    signed = per_sample.flatten(2).mean(2)
+    torch.testing.assert_close(conv_filter_grads(conv, x, grad_out, signed=True), signed, rtol=1e-10, atol=1e-14)
+
+
 def _hook_count(net: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                + len(m._backward_pre_hooks) for m in net.modules())

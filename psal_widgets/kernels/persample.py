@@ -125,6 +125,8 @@ def conv_filter_grads(
     xp, padding = _input_transform(conv)(x)
     b_all, c_out = grad_out.shape[:2]
     groups = conv.groups
+    if groups == conv.in_channels == c_out and groups > 1:
+        return _depthwise_filter_grads(conv, xp, padding, grad_out, signed=signed)
     taps = conv.in_channels // groups * conv.kernel_size[0] * conv.kernel_size[1]
     positions = grad_out.shape[2] * grad_out.shape[3]
     per_sample = (groups * taps * positions + c_out * taps) * grad_out.element_size()
@@ -144,6 +146,41 @@ def conv_filter_grads(
         g = torch.matmul(go, cols.transpose(-1, -2))
         parts.append((g if signed else g.abs()).mean(dim=-1).reshape(b, c_out))
     return torch.cat(parts)
+
+
+def _depthwise_filter_grads(
+    conv: nn.Conv2d, xp: Tensor, padding: tuple[int, int], grad_out: Tensor, *, signed: bool
+) -> Tensor:
+    """:func:`conv_filter_grads` of a depthwise conv (one input channel per filter), without unfolding.
+
+    A depthwise filter has only ``kH·kW`` weights, and the gradient of tap ``(i, j)`` of channel
+    ``c`` for sample ``n`` is ``sum_l G_n[c, l] · X_n[c, i·dH + l_h·sH, j·dW + l_w·sW]``: a
+    correlation of the (padded) input with the output gradient. With every (sample, channel)
+    pair as its own group, one grouped convolution computes them all (the conv's stride becomes
+    the dilation, its dilation the stride), and no input is copied ``kH·kW`` times as unfolding
+    does. Measured on this project's CPU for EfficientNet-Lite0's depthwise shapes (B = 16): 1.1-11x
+    faster than unfolding or a loop over the taps; unfolding made the hook path slower than the
+    per-image loop on this mostly-depthwise model (``psal bench stats``).
+
+    Returns
+    -------
+    Tensor, shape [B, C]
+    """
+    if padding != (0, 0):
+        xp = F.pad(xp, (padding[1], padding[1], padding[0], padding[0]))
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    b, c, ho, wo = grad_out.shape
+    if (ho - 1) * sh + (kh - 1) * dh + 1 > xp.shape[2] or (wo - 1) * sw + (kw - 1) * dw + 1 > xp.shape[3]:
+        raise HooksUnsupported(f"the input of {type(conv).__name__} does not cover its {ho}x{wo} output")
+    corr = F.conv2d(
+        xp.reshape(1, b * c, xp.shape[2], xp.shape[3]),
+        grad_out.reshape(b * c, 1, ho, wo),
+        stride=(dh, dw),
+        dilation=(sh, sw),
+        groups=b * c,
+    )
+    g = corr[0, :, :kh, :kw].reshape(b, c, kh * kw)  # the per-sample weight gradient
+    return (g if signed else g.abs()).mean(dim=-1)
 
 
 def profiles_hooks(
