@@ -136,8 +136,7 @@ def _bench_stats(model_name: str, *, repeat: int, device: str | None, random_wei
     """Per-image cost of the statistics / index computation against the original loop and a training step."""
     from ._types import Strategy
     from .kernels.filters import FilterIndex
-    from .kernels.profiles import _resolve_strategy, filter_profiles
-    from .kernels.persample import hooks_supported
+    from .kernels.profiles import auto_strategy, filter_profiles
     from .models import load_model
 
     model = load_model(model_name, random_weights=random_weights, device=device)
@@ -179,9 +178,7 @@ def _bench_stats(model_name: str, *, repeat: int, device: str | None, random_wei
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         net.train(was_training)
-    auto = _resolve_strategy("auto", dev)
-    if auto == "hooks" and not hooks_supported(net, index):
-        auto = "loop" if dev.type == "cpu" else "vmap"
+    auto = auto_strategy(net, index, dev)
     res: dict[str, Any] = {"model": model.name, "device": str(dev), "threads": torch.get_num_threads(),
                            "n_filters": index.n_filters, "repeat": repeat, "batch_size": b, "vmap_batch_size": vb,
                            "auto_strategy": auto, "machine": machine_info(dev)}

@@ -1,8 +1,6 @@
 """Per-sample profiles from hooks (and vmap) against the per-image autograd loop, on every conv variant."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,6 +218,24 @@ def test_unsupported_convs_fall_back_under_auto(net):
     assert _hook_count(net) == 0
     got = filter_profiles(net, x, y, mode="raw", strategy="auto")
     assert _rel_err(_reference(net, x, y), got.raw, FilterIndex(net)) <= 1e-10
+
+
+def test_auto_takes_hooks_for_small_models_and_the_loop_past_the_cpu_threshold(monkeypatch):
+    from psal_widgets.kernels import profiles as prof
+
+    net = make_variant(torch.float32)
+    index = FilterIndex(net)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert prof.auto_strategy(net, index, cpu) == "hooks"
+    weights = sum(dict(net.named_parameters())[n].numel() for n in index.param_names)
+    monkeypatch.setattr(prof, "CPU_HOOKS_MAX_CONV_WEIGHTS", weights - 1)
+    assert prof.auto_strategy(net, index, cpu) == "loop"
+    assert prof.auto_strategy(net, index, cuda) == "hooks"  # the threshold is for CPUs only
+    twice = _Twice()
+    assert prof.auto_strategy(twice, FilterIndex(twice), cuda) in ("hooks", "vmap")
+    own = nn.Sequential(_OwnForward(3, 4, 3), nn.Flatten())
+    assert prof.auto_strategy(own, FilterIndex(own), cuda) == "vmap"
+    assert prof.auto_strategy(own, FilterIndex(own), cpu) == "loop"
 
 
 @pytest.mark.slow

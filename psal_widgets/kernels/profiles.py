@@ -21,7 +21,8 @@ from .standardize import profile_mode
 from .stats import FilterStats
 
 __all__ = [
-    "ProfileBatch", "conv_weights", "eval_mode", "filter_profiles", "per_filter", "standardize", "tap_in_profile_pass",
+    "CPU_HOOKS_MAX_CONV_WEIGHTS", "ProfileBatch", "auto_strategy", "conv_weights", "eval_mode", "filter_profiles",
+    "per_filter", "standardize", "tap_in_profile_pass",
 ]
 
 
@@ -94,24 +95,45 @@ def standardize(raw: Tensor, stats: FilterStats | None, mode: Mode) -> Tensor:
     return profile_mode(raw, stats, mode)
 
 
+#: On a CPU, the hook path writes every sample's whole conv weight gradient before reducing it
+#: (``B x`` the conv weights); past this many conv weights that costs more than it saves, and
+#: ``auto`` takes the per-image loop. Measured with ``psal bench stats`` on this project's 2-core
+#: CPU, idle, per image against a batched training step of the same model: EfficientNet-Lite0
+#: (3.4 M conv weights) hooks 0.87x, loop 1.0x; ResNet-50 (23.5 M) hooks 1.38x, loop 1.11x.
+CPU_HOOKS_MAX_CONV_WEIGHTS = 10_000_000
+
+
 def _resolve_strategy(strategy: Strategy, device: torch.device) -> str:
     if strategy == "auto":
-        # Measured with `psal bench stats`: one batched forward + backward with per-sample weight
-        # gradients from hooks beats the per-image loop on this 2-core CPU, and on CUDA it is the
-        # path that batches without vmap's [B, *all conv weights] gradients in memory (docs/benchmarks.md).
-        return "hooks"
+        return "hooks"  # refined per model by auto_strategy
     if strategy not in ("loop", "vmap", "hooks"):
         raise ValueError(f"unknown strategy {strategy!r}; choose auto, loop, vmap or hooks")
     return strategy
 
 
+def auto_strategy(model: nn.Module, index: FilterIndex, device: torch.device) -> str:
+    """The exact path ``strategy="auto"`` takes for ``model`` on ``device``.
+
+    On accelerators: ``hooks`` (one batched forward and backward of large kernels, without vmap's
+    ``[B, *all conv weights]`` gradients in memory) when every conv allows it, else ``vmap``. On
+    a CPU: ``hooks`` for models up to :data:`CPU_HOOKS_MAX_CONV_WEIGHTS` conv weights, else (or
+    when a conv does not allow hooks) the per-image ``loop``.
+    """
+    fallback = "loop" if device.type == "cpu" else "vmap"
+    if not hooks_supported(model, index):
+        return fallback
+    if device.type == "cpu":
+        params = dict(model.named_parameters())
+        weights = sum(params[name].numel() for name in index.param_names)
+        if weights > CPU_HOOKS_MAX_CONV_WEIGHTS:
+            return "loop"
+    return "hooks"
+
+
 def tap_in_profile_pass(model: nn.Module, index: FilterIndex, device: torch.device) -> bool:
     """Whether ``filter_profiles(..., strategy="auto")`` runs the model as plain module calls
     (hooks or the per-image loop), so forward hooks see each image exactly once, in order."""
-    how = _resolve_strategy("auto", device)
-    if how == "hooks" and not hooks_supported(model, index):
-        how = "loop" if device.type == "cpu" else "vmap"
-    return how in ("hooks", "loop")
+    return auto_strategy(model, index, device) in ("hooks", "loop")
 
 
 def filter_profiles(
@@ -156,10 +178,11 @@ def filter_profiles(
     if y.numel() != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {y.numel()} labels")
     signed = mode == "signed"
-    how = _resolve_strategy(strategy, images.device)
     fallback = "loop" if images.device.type == "cpu" else "vmap"
-    if how == "hooks" and strategy == "auto" and not hooks_supported(model, index):
-        how = fallback
+    if strategy == "auto":
+        how = auto_strategy(model, index, images.device)
+    else:
+        how = _resolve_strategy(strategy, images.device)
     with eval_mode(model, index) as weights:
         if how == "hooks":
             try:
