@@ -68,6 +68,7 @@ _CODE = (
     "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
     "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX,\n"
     "# PSAL_EXPORT_DIR, PSAL_UPLOAD_LIMIT (unset = the defaults).\n"
+    "import psal_widgets.lean_kernel  # first: skips a slow optional import (see that module)\n"
     "from psal_widgets import Explorer\n"
     "\n"
     "Explorer.from_env()"
