@@ -299,6 +299,11 @@ def _bench_click(model_name: str, *, clicks: int, device: str | None, random_wei
     return res
 
 
+#: When the later visitor of ``psal bench dashboard`` opens the page: after the preheated kernel
+#: has run the notebook (about 10-15 s on this project's 2-core CPU), with a margin.
+LATER_VISITOR_S = 30.0
+
+
 def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle_s: float = 0.0,
                      preheat: bool = True) -> dict[str, Any]:
     """``psal dashboard`` in Chromium: page open -> interactive chart, then clicks -> new map."""
@@ -341,13 +346,14 @@ def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle
             # The issue's click target is for filters inside the instant-map basis: wait until the
             # page says the basis is complete, then click the highest filters not yet in F (the
             # top ranks, all candidates).
-            page.wait_for_function(
-                "() => { const e = document.querySelector('.psal-instant [data-planned]');"
-                " return e && +e.dataset.planned > 0 && e.dataset.built === e.dataset.planned; }",
-                timeout=900_000, polling=200)
-            res["launch_to_basis_s"] = time.perf_counter() - t0
+            if clicks > 0:
+                page.wait_for_function(
+                    "() => { const e = document.querySelector('.psal-instant [data-planned]');"
+                    " return e && +e.dataset.planned > 0 && e.dataset.built === e.dataset.planned; }",
+                    timeout=900_000, polling=200)
+                res["launch_to_basis_s"] = time.perf_counter() - t0
             times: list[float] = []
-            for _ in range(clicks + 1):  # the first is a warm-up
+            for _ in range(clicks + 1 if clicks > 0 else 0):  # the first is a warm-up
                 f_text = page.inner_text(".psal-selected")
                 avoid = sorted(int(t) for t in f_text.split("F =", 1)[-1].replace(",", " ").split() if t.isdigit())
                 src = page.get_attribute(".psal-map", "src")
@@ -360,8 +366,9 @@ def _bench_dashboard(model_name: str, *, clicks: int, device: str | None, settle
                 page.wait_for_function("([old]) => document.querySelector('.psal-map').getAttribute('src') !== old",
                                        arg=[src], timeout=120_000, polling=20)
                 times.append(time.perf_counter() - t)
-            res["browser_click_to_map"] = _summary(times[1:])
-            res["click_to_map_s"] = res["browser_click_to_map"]["median_s"]
+            if clicks > 0:
+                res["browser_click_to_map"] = _summary(times[1:])
+                res["click_to_map_s"] = res["browser_click_to_map"]["median_s"]
             browser.close()
     finally:
         dash.stop()
@@ -414,6 +421,12 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
     if what == "dashboard":
         res = _bench_dashboard(model_name, clicks=clicks, device=device)
         res.setdefault("machine", machine_info(device))
+        # A later visitor: a new launch whose page opens once the preheated kernel has run the
+        # notebook (LATER_VISITOR_S after launch), as for anyone who arrives after the owner.
+        later = _bench_dashboard(model_name, clicks=0, device=device, settle_s=LATER_VISITOR_S)
+        res["later_visitor_settle_s"] = LATER_VISITOR_S
+        res["later_visitor_chart_s"] = later["page_to_chart_s"]
+        res["later_visitor_ready_s"] = later["page_to_ready_s"]
         c = res["browser_click_to_map"]
         print(f"psal bench dashboard: {res['model']} in Voila + Chromium (preheated kernel), page opened as soon "
               "as the server answered")
@@ -425,6 +438,9 @@ def run_bench(what: str, *, model_name: str, repeat: int = 5, device: str | None
               f"(target <= 10 s: {'met' if res['first_chart_s'] <= 10.0 else 'MISSED'})")
         print(f"  {'click in chart -> new map in page':<46} median {c['median_s']:6.3f} s  p90 {c['p90_s']:6.3f} s "
               f"(n={c['n']}; click_to_map_s, target <= 0.25 s: {'met' if c['median_s'] <= 0.25 else 'MISSED'})")
+        print(f"  {'later visitor: page open -> chart drawn':<46} {res['later_visitor_chart_s']:9.2f} s "
+              f"(page opened {LATER_VISITOR_S:.0f} s after launch; later_visitor_chart_s, target <= 3 s: "
+              f"{'met' if res['later_visitor_chart_s'] <= 3.0 else 'MISSED'})")
         ok_page = res["page_to_ready_s"] <= 20.0
         print(f"  targets: page -> interactive <= 20 s {'met' if ok_page else 'MISSED'}; "
               f"click -> map median <= 1.5 s {'met' if c['median_s'] <= 1.5 else 'MISSED'}")
