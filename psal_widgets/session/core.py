@@ -20,6 +20,7 @@ one re-entrant lock: the widget tier may call from a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -36,6 +37,7 @@ from ..explainer import Analysis, Explainer
 from ..kernels.device import same_device
 from ..kernels.interventions import Recipe
 from ..kernels.stats import FilterStats
+from ..kernels.threads import single_threaded
 from ..labels import LabelSet
 from ..models import DEFAULT_MODEL, LoadedModel
 from ..viz.heatmap import overlay, saliency_heatmap
@@ -660,9 +662,16 @@ class Session:
             h, w = st.image.shape[:2]
             return np.zeros((h, w), dtype=np.float32)
         key = ("map", st.generation, tuple(sorted(ids)), s.boost, s.percentile)
-        heat = self._cache.get_or_compute(
-            key, lambda: saliency_heatmap(self._gradient(ids), percentile=s.percentile)
-        )
+
+        def compute() -> np.ndarray:
+            if st.analysis.basis_covers(ids):
+                # Milliseconds of work: one thread, so a busy core (the browser redrawing the
+                # chart after the click) cannot stall it at a thread-pool barrier.
+                with single_threaded():
+                    return saliency_heatmap(self._gradient(ids), percentile=s.percentile)
+            return saliency_heatmap(self._gradient(ids), percentile=s.percentile)
+
+        heat = self._cache.get_or_compute(key, compute)
         return heat.copy()
 
     @_locked
@@ -670,7 +679,11 @@ class Session:
         self, filters: Sequence[int] | None = None, *, alpha: float = 0.5, colormap: str = "jet"
     ) -> np.ndarray:
         """The map over the current image, uint8 [H, W, 3]."""
-        return overlay(self._st.image, self.input_map(filters), alpha=alpha, colormap=colormap)
+        ids = list(self._selection.ids) if filters is None else check_ids(filters, self.n_filters)
+        # An instant map (from the basis) stays on one thread up to the overlay: see input_map.
+        quick = bool(ids) and self._st.analysis.basis_covers(ids)
+        with single_threaded() if quick else contextlib.nullcontext():
+            return overlay(self._st.image, self.input_map(ids), alpha=alpha, colormap=colormap)
 
     # -- CAM ---------------------------------------------------------------------------------------
     @property

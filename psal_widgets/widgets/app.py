@@ -386,6 +386,8 @@ class Explorer(W.VBox):
 
         def job() -> None:
             fn()
+            # An instant map first: the browser then shows it before it redraws the chart.
+            self.maps_panel.show_if_instant()
             self.changed.emit(StateEvent(frozenset(("filters", "settings"))))
             self.status.success(f"F: {len(self.session.filters)} filters; computing the map…")
 

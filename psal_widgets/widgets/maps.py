@@ -162,6 +162,22 @@ class MapsPanel:
         )
 
     # -- requests (any thread) -------------------------------------------------------------------
+    def show_if_instant(self) -> bool:
+        """Compute and show the map of F now if it costs no backward pass (worker thread).
+
+        Called before the chart is told about a new F: the browser handles messages in order and
+        redrawing the chart's 21,008 points takes it 100-200 ms, so the map message goes first.
+        The request that the change then makes finds the map cached and sends nothing new.
+        """
+        s = self.host.session
+        instant = getattr(s, "map_is_instant", None)
+        if instant is None or not instant():
+            return False
+        filters = s.filters
+        png = png_bytes(s.input_overlay(filters))
+        self._show_map((png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode))
+        return True
+
     def request_map(self, *, delay: float | None = None) -> None:
         """Recompute the input map for the session's current F (debounced, latest wins)."""
         s = self.host.session
