@@ -360,18 +360,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    dash = None
+    # Ctrl-C at any moment is a normal stop, also right after the URL was printed (launch()
+    # prints it, then returns): launch() stops Voila itself when interrupted before returning.
     try:
-        dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
-                      weights=args.weights, stats=args.stats, index=args.index, open_browser=args.open,
-                      preheat=not args.no_preheat, allow_remote=args.allow_remote,
-                      upload_limit=int(round(args.upload_limit * 1_000_000)), export_dir=args.export_dir)
-    except DashboardError as err:
-        raise CliError(str(err)) from err
-    print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
-    try:
+        try:
+            dash = launch(port=args.port, model=args.model, image=args.image, data=args.data, device=args.device,
+                          weights=args.weights, stats=args.stats, index=args.index, open_browser=args.open,
+                          preheat=not args.no_preheat, allow_remote=args.allow_remote,
+                          upload_limit=int(round(args.upload_limit * 1_000_000)), export_dir=args.export_dir)
+        except DashboardError as err:
+            raise CliError(str(err)) from err
+        print(f"psal dashboard: log in {dash.log_path}; press Ctrl-C to stop", flush=True)
         code = dash.wait()
     except KeyboardInterrupt:
-        dash.stop()
+        if dash is not None:
+            dash.stop()
         print("psal dashboard: stopped", flush=True)
         return 0
     raise CliError(f"Voila stopped by itself (exit code {code}); see {dash.log_path}")

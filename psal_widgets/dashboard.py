@@ -495,21 +495,23 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
                                 env=env, cwd=nb.parent, start_new_session=True)
     dash = Dashboard(proc, f"http://{HOST}:{port}/?token={token}", port, nb, log, cmd, token=token,
                      remote=allow_remote)
+    # Everything up to the return stops Voila on any error or Ctrl-C: a caller that never gets
+    # the handle could not stop it.
     try:
         if check:
             check_inputs(model=model, image=image, device=device, weights=weights, stats=stats)
         _wait_http(proc, port, timeout=timeout, log_path=log)
+        if not quiet:
+            print(f"psal dashboard: serving {nb.name} at {dash.url}", flush=True)
+            if allow_remote:
+                print(f"psal dashboard: warning: --allow-remote serves every network interface "
+                      f"({dash.remote_url}); anyone who has the URL with its token can use the "
+                      "dashboard, and the traffic is not encrypted", file=sys.stderr, flush=True)
+        if open_browser:
+            webbrowser.open(dash.url)
     except BaseException:
         dash.stop(timeout=5)
         raise
-    if not quiet:
-        print(f"psal dashboard: serving {nb.name} at {dash.url}", flush=True)
-        if allow_remote:
-            print(f"psal dashboard: warning: --allow-remote serves every network interface "
-                  f"({dash.remote_url}); anyone who has the URL with its token can use the "
-                  "dashboard, and the traffic is not encrypted", file=sys.stderr, flush=True)
-    if open_browser:
-        webbrowser.open(dash.url)
     return dash
 
 

@@ -200,3 +200,20 @@ def test_weights_and_stats_reach_the_kernel_as_absolute_paths(tmp_path) -> None:
     assert env["PSAL_WEIGHTS"] == str(Path("w.pth").resolve())
     assert env["PSAL_STATS"] == str(Path("helper").resolve())
     assert "PSAL_DATA" not in dashboard.dashboard_env(base={"PSAL_DATA": "leaked"})
+
+
+def test_ctrl_c_while_launching_is_a_normal_stop(monkeypatch, capsys) -> None:
+    """A Ctrl-C that lands inside launch() (a loaded machine: the URL is printed, the command has
+    not reached its wait yet) stops like any other Ctrl-C, exit 0, instead of 'interrupted' (130)."""
+    from psal_widgets import cli
+
+    def interrupted(**_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dashboard, "launch", interrupted)
+    old = signal.getsignal(signal.SIGTERM)  # the command installs its own SIGTERM handler
+    try:
+        assert cli.main(["dashboard", "--no-preheat"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert "psal dashboard: stopped" in capsys.readouterr().out
