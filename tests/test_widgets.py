@@ -858,10 +858,12 @@ def test_closing_explorers_releases_widgets_threads_and_memory(default_explainer
     widgets, threads, rss = zip(*counts, strict=True)
     assert len(set(widgets)) == 1, widgets  # every child widget (with layouts, styles) closed
     assert len(set(threads)) == 1, threads  # every worker thread ended
-    # MB; a leaked Session (graph, caches) would add more with every explorer. Measured from the
-    # second one: the first round's one-time growth (allocator high-water mark, first idle-time
-    # basis build; 247 MB once in a fresh-clone run, then flat to 0.1 MB) is not a leak.
-    assert rss[-1] - rss[1] < 150, rss
+    # MB. A leaked Session (graph, caches) would add to every round. The allocator's high-water
+    # mark grows once by about 247 MB, in whichever round it happens to (round 1, 3 or 10 in
+    # fresh-clone runs), then stays flat: one step is allowed, repeated growth is not.
+    steps = sorted(b - a for a, b in zip(rss, rss[1:], strict=False))
+    assert steps[len(steps) // 2] < 20, rss  # the typical round adds nothing
+    assert sum(steps[:-1]) < 150, rss  # all growth but the single largest step
 
 
 def test_an_explorer_that_fails_to_build_leaves_nothing_behind(monkeypatch) -> None:
