@@ -173,26 +173,25 @@ class MapsPanel:
         instant = getattr(s, "map_is_instant", None)
         if instant is None or not instant():
             return False
+        self._show_map(self._compute_map())
+        return True
+
+    def _compute_map(self) -> tuple[bytes, list[int], float, float, str | None, str]:
+        """The map of the session's current F as PNG, with what ``_show_map`` shows beside it."""
+        s = self.host.session
         filters = s.filters
         png = png_bytes(s.input_overlay(filters))
-        self._show_map((png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode))
-        return True
+        return png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode
 
     def request_map(self, *, delay: float | None = None) -> None:
         """Recompute the input map for the session's current F (debounced, latest wins)."""
         s = self.host.session
-
-        def compute() -> tuple[bytes, list[int], float, float, str | None, str]:
-            filters = s.filters
-            png = png_bytes(s.input_overlay(filters))
-            return png, filters, s.boost, s.percentile, s.map_note(filters), s.filter_mode
-
         if delay is None:
             # The debounce gathers fast clicks before a backward pass; a map from the cache or the
             # instant-map basis costs milliseconds, so it is not delayed.
             instant = getattr(s, "map_is_instant", None)
             delay = 0.0 if instant is not None and instant() else self.debounce
-        self.host.worker.latest("map", compute, then=self._show_map, delay=delay, what="input map")
+        self.host.worker.latest("map", self._compute_map, then=self._show_map, delay=delay, what="input map")
 
     def _cam_target(self) -> int | str | None:
         """The class the CAM explains: the class box, or None (the label under study)."""
