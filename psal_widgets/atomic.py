@@ -10,7 +10,10 @@ Shared by the profile index (:mod:`psal_widgets.index`) and the statistics write
   the metadata and checked by readers;
 - :func:`exclusive_lock`: a lock file per target, so a second writer of the same folder stops with
   a clear message. The lock is an ``flock`` on the file, which the kernel drops when its process
-  dies: the lock of a killed run (its pid no longer alive) is taken over without a word.
+  dies: the lock of a killed run (its pid no longer alive) is taken over without a word. Forked
+  children (DataLoader workers) close their copy of the lock at fork: an ``flock`` lives as long
+  as any process holds the file open, so an orphaned worker of a killed run would otherwise keep
+  the folder locked for seconds after its parent died.
 """
 from __future__ import annotations
 
@@ -38,6 +41,22 @@ __all__ = [
 
 class LockedError(ValueError):
     """Another live process is writing the same folder; the message says which and what to do."""
+
+
+# File descriptors of the locks this process holds. A forked child closes its copies at once, so
+# the lock stays with the process that took it and dies with it.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    for fd in _HELD_LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -174,6 +193,7 @@ def exclusive_lock(target: str | os.PathLike[str], *, command: str) -> Iterator[
         # Our pid, for the message a second writer gets.
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD_LOCK_FDS.add(fd)
         try:
             yield path
         finally:
@@ -181,4 +201,5 @@ def exclusive_lock(target: str | os.PathLike[str], *, command: str) -> Iterator[
                 path.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        _HELD_LOCK_FDS.discard(fd)
         os.close(fd)

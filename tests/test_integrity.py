@@ -2,6 +2,7 @@
 `psal stats`, unreadable images inside a dataset, locks on --out, statistics of custom weights."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -386,6 +387,36 @@ def test_a_live_lock_stops_a_second_run_and_a_dead_ones_is_taken_over(tmp_path):
     assert not _pid_alive(pid)
     run_stats(model, ds, tmp_path / "out", batch_size=2, progress=False, num_workers=0)
     assert load_stats(tmp_path / "out").meta["n"] == 4 and not lock.exists()
+
+
+def test_a_forked_child_of_a_killed_run_does_not_keep_its_lock(tmp_path):
+    """DataLoader workers are forked while the lock is held; once their parent is killed they live on
+    for seconds (they poll for the parent's death). They must not keep the folder locked."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {os.fspath(ROOT)!r})
+        from psal_widgets.atomic import exclusive_lock
+        with exclusive_lock({os.fspath(tmp_path / "out")!r}, command="psal stats"):
+            child = os.fork()
+            if child == 0:  # let go of the test's pipes, or it would wait for this child
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.dup2(null, 2)
+                time.sleep(60)
+                os._exit(0)
+            print(child, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    dead = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert dead.returncode == -9
+    orphan = int(dead.stdout.split()[0])
+    try:
+        assert _pid_alive(orphan)  # the forked child outlives its parent, as a DataLoader worker does
+        with exclusive_lock(tmp_path / "out", command="psal stats") as lock:
+            assert int(lock.read_text()) == os.getpid()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
 
 
 # -- 5. statistics of custom weights are found automatically ----------------------------------
