@@ -58,21 +58,37 @@ ENV_VARS: dict[str, str] = {
     "upload_limit": "PSAL_UPLOAD_LIMIT",
 }
 
+#: JupyterLab extensions the dashboard page does not load (see :func:`voila_command`).
+DENIED_EXTENSIONS = ("jupyterlab-plotly", "@voila-dashboards/jupyterlab-preview")
+
 HOST = "127.0.0.1"
 #: Where ``allow_remote=True`` listens: every IPv4 interface.
 ALL_INTERFACES = "0.0.0.0"
 
-# The code cell of the served notebook. Voila shows outputs only (sources are stripped), so
-# the comment is for whoever opens the file in Jupyter.
-_CODE = (
-    "# Served by `psal dashboard` (Voila). Options arrive as environment variables:\n"
-    "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX,\n"
-    "# PSAL_EXPORT_DIR, PSAL_UPLOAD_LIMIT (unset = the defaults).\n"
-    "import psal_widgets.lean_kernel  # first: skips a slow optional import (see that module)\n"
-    "from psal_widgets import Explorer\n"
-    "\n"
-    "Explorer.from_env()"
+# The code cells of the served notebook. Voila shows outputs only (sources are stripped), so
+# the comments are for whoever opens the file in Jupyter. Voila streams the page cell by cell:
+# the first cell's output (a script that loads plotly.js) reaches the browser while the second
+# cell still builds the explorer.
+_CELLS = (
+    (
+        "# Served by `psal dashboard` (Voila). First, before the explorer is built: the page starts\n"
+        "# loading plotly.js (psal_widgets/widgets/figure.py, page_preload_html).\n"
+        "import psal_widgets.lean_kernel  # first: skips a slow optional import (see that module)\n"
+        "from IPython.display import HTML\n"
+        "from psal_widgets.widgets.figure import page_preload_html\n"
+        "\n"
+        "HTML(page_preload_html())"
+    ),
+    (
+        "# Options arrive as environment variables:\n"
+        "# PSAL_MODEL, PSAL_IMAGE, PSAL_DATA, PSAL_DEVICE, PSAL_WEIGHTS, PSAL_STATS, PSAL_INDEX,\n"
+        "# PSAL_EXPORT_DIR, PSAL_UPLOAD_LIMIT (unset = the defaults).\n"
+        "from psal_widgets import Explorer\n"
+        "\n"
+        "Explorer.from_env()"
+    ),
 )
+_CELL_IDS = ("dashboard-preload", "dashboard-explorer")
 
 
 class DashboardError(RuntimeError):
@@ -85,19 +101,19 @@ def notebook_json() -> str:
     Clean (no outputs, ``execution_count`` null) and bound to the ``python3`` kernel, so the
     copy written to a cache folder for a non-editable install is the same file.
     """
-    lines = _CODE.split("\n")
-    source = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    cells = []
+    for cell_id, code in zip(_CELL_IDS, _CELLS, strict=True):
+        lines = code.split("\n")
+        cells.append({
+            "cell_type": "code",
+            "execution_count": None,
+            "id": cell_id,
+            "metadata": {},
+            "outputs": [],
+            "source": [line + "\n" for line in lines[:-1]] + [lines[-1]],
+        })
     nb = {
-        "cells": [
-            {
-                "cell_type": "code",
-                "execution_count": None,
-                "id": "dashboard-explorer",
-                "metadata": {},
-                "outputs": [],
-                "source": source,
-            }
-        ],
+        "cells": cells,
         "metadata": {
             "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
             "language_info": {"name": "python"},
@@ -277,6 +293,10 @@ def voila_command(notebook: str | os.PathLike[str], *, port: int, preheat: bool 
         # A single-user tool whose visitors all hold the owner's token: show the real error if
         # the notebook fails.
         "--show_tracebacks=True",
+        # The page draws plotly through its figure widgets only (widgets/figure.py). plotly's
+        # JupyterLab extension (a renderer for plotly outputs) would make every page load and
+        # run a second 4.8 MB copy of plotly.js while the widgets start.
+        f"--VoilaConfiguration.extension_denylist={json.dumps(list(DENIED_EXTENSIONS))}",
     ]
     if config_dir is not None:
         cmd += [

@@ -89,6 +89,9 @@ def test_voila_command_serves_the_notebook_on_localhost_only(tmp_path: Path) -> 
     # Voila would silently move to another port (and the printed URL would be wrong).
     assert "--Voila.port_retries=0" in cmd
     assert "--preheat_kernel=True" in cmd
+    # plotly's JupyterLab extension would load a second plotly.js into every page.
+    deny = [a for a in cmd if a.startswith("--VoilaConfiguration.extension_denylist=")]
+    assert len(deny) == 1 and "jupyterlab-plotly" in json.loads(deny[0].split("=", 1)[1])
     assert not any("preheat" in a for a in dashboard.voila_command(nb, port=8123, preheat=False))
 
 
@@ -116,7 +119,9 @@ def test_committed_notebook_is_the_one_written_for_installs(tmp_path: Path) -> N
     assert copy.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
     nb = json.loads(copy.read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert len(code) == 1 and "Explorer.from_env()" in "".join(code[0]["source"])
+    # Two cells: the page's plotly.js preload first (streamed while the second builds), then the explorer.
+    assert len(code) == 2 and "page_preload_html()" in "".join(code[0]["source"])
+    assert "Explorer.from_env()" in "".join(code[1]["source"])
 
 
 @pytest.mark.slow
@@ -146,7 +151,7 @@ def test_dashboard_notebook_opens_the_image_given_in_the_environment(tmp_path: P
     client.execute(env=env)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
-    views = [o for o in nb.cells[0].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    views = [o for o in nb.cells[-1].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert views, "Explorer.from_env() displayed no widget"
     # The explorer shows the file name somewhere in its widgets' state.
     state = json.dumps(nb.metadata.get("widgets", {}))

@@ -37,11 +37,15 @@ def test_attached_front_end_gets_the_current_data_and_layout_then_synced(monkeyp
     fig = _figure()
     fig.data[0].y = [3, 4]
     fig.layout.width = 420
+    assert fig._psal_fresh is False
     events = _spy(monkeypatch, fig)
     fig._psal_message(fig, {"psal": "attached"}, [])
     assert list(fig._widget_data[0]["y"]) == [3, 4]
     assert fig._widget_layout["width"] == 420
-    assert events[-2:] == [("state", ["_widget_data", "_widget_layout"]), ("msg", {"psal": "synced"})]
+    # "fresh" again only after the current data and layout went out.
+    assert events[-3:] == [("state", ["_widget_data", "_widget_layout"]), ("msg", {"psal": "synced"}),
+                           ("state", "_psal_fresh")]
+    assert fig._psal_fresh is True
 
 
 def test_unchanged_figure_is_still_sent_to_a_late_front_end(monkeypatch) -> None:
@@ -58,3 +62,47 @@ def test_other_messages_are_ignored(monkeypatch) -> None:
     fig._psal_message(fig, {"psal": "something else"}, [])
     fig._psal_message(fig, "attached", [])
     assert events == []
+
+
+def test_an_update_marks_the_state_stale_before_it_is_sent_and_resync_freshens_it(monkeypatch) -> None:
+    fig = _figure()
+    assert fig._psal_fresh is True  # a front end starting from this state draws at once
+    sent: list[tuple[str, object]] = []
+    real_send_state = fig.send_state
+
+    def spy(key=None):
+        keys = [key] if isinstance(key, str) else list(key or [])
+        sent.extend((k, getattr(fig, k)) for k in keys)
+        real_send_state(key)
+
+    monkeypatch.setattr(fig, "send_state", spy)
+    monkeypatch.setattr(fig, "_repr_keys", lambda: iter(()), raising=False)
+    fig.data[0].y = [5, 6]
+    names = [k for k, _ in sent]
+    # plotly's restyle travels as a _py2js_restyle value; _psal_fresh = False must precede it.
+    assert ("_psal_fresh", False) in sent and "_py2js_restyle" in names
+    assert names.index("_psal_fresh") < names.index("_py2js_restyle")
+    monkeypatch.setattr(fig, "send", lambda content, buffers=None: None)
+    fig._psal_message(fig, {"psal": "attached"}, [])
+    assert fig._psal_fresh is True and list(fig._widget_data[0]["y"]) == [5, 6]
+
+
+def test_page_preload_carries_the_bundle_and_later_figures_leave_it_out(monkeypatch) -> None:
+    import json as _json
+
+    import psal_widgets.widgets.figure as figure_module
+
+    monkeypatch.setattr(figure_module, "_PAGE_CARRIES_BUNDLE", False)
+    html = figure_module.page_preload_html()
+    assert figure_module._PAGE_CARRIES_BUNDLE is True
+    # One script element: the bundle cannot close the tag early.
+    assert html.count("<script") == 1 and html.count("</script") == 1 and html.rstrip().endswith("</script>")
+    start = html.index("new Blob([") + len("new Blob([")
+    literal, _ = _json.JSONDecoder().raw_decode(html[start:])
+    assert literal == plotly_bundle()
+    fig = _figure()
+    assert fig.get_state()["_psal_bundle"] == ""
+    # A page where the script did not run asks the kernel.
+    events = _spy(monkeypatch, fig)
+    fig._psal_message(fig, {"psal": "need_bundle"}, [])
+    assert events == [("msg", {"psal": "bundle", "code": plotly_bundle()})]

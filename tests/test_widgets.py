@@ -774,7 +774,8 @@ def test_from_env_reads_the_variables(monkeypatch) -> None:
         monkeypatch.delenv(var, raising=False)
     Probe.from_env()
     assert seen == {"model": None, "image": "raw_images/coffee.png", "data": None, "device": "cpu",
-                    "weights": None, "stats": None, "index": "idx", "export_dir": None}
+                    "weights": None, "stats": None, "index": "idx", "export_dir": None,
+                    "maps_after_chart": 10.0}
     # The dashboard's export folder and upload limit (psal dashboard --export-dir, --upload-limit).
     monkeypatch.setenv("PSAL_EXPORT_DIR", "/srv/exports")
     monkeypatch.setenv("PSAL_UPLOAD_LIMIT", "5000000")
@@ -994,3 +995,44 @@ def test_the_default_models_dead_filters_are_marked_and_explained(app) -> None:
             app.worker.call(lambda: app.profile_panel.set_filters(before))
         app.wait_idle(60)
         assert s.filters == before
+
+
+def test_maps_after_chart_wait_for_the_first_draw_or_the_timeout(default_explainer) -> None:
+    """The dashboard holds the first map back until a browser has drawn the chart (or a timeout)."""
+    import time
+
+    from psal_widgets.session import Session
+    from psal_widgets.widgets import Explorer
+
+    def explorer(timeout: float) -> Explorer:
+        session = Session(default_explainer, image=ROOT / "raw_images" / "chelsea.png", basis_k=1, basis_per_layer=0)
+        return Explorer(session=session, maps_after_chart=timeout)
+
+    held = explorer(600.0)
+    try:
+        time.sleep(1.0)
+        held.wait_idle(60)
+        assert held.map_version == 0  # nothing drawn yet: no map
+        placeholder = held.maps_panel.cam.value
+        fig = held.profile_panel.figure
+        fig._psal_message(fig, {"psal": "drawn"}, [])  # what the page sends once the chart is drawn
+        deadline = time.monotonic() + 60
+        while held.map_version == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held.wait_idle(60)
+        assert held.map_version == 1 and held.maps_panel.cam.value != placeholder
+        fig._psal_message(fig, {"psal": "drawn"}, [])  # a second view, or a redraw: started once only
+        held.wait_idle(60)
+        assert held.map_version == 1
+    finally:
+        held.close()
+    # No browser at all (a preheated Voila kernel): the maps start after the timeout.
+    unseen = explorer(0.5)
+    try:
+        deadline = time.monotonic() + 60
+        while unseen.map_version == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        unseen.wait_idle(60)
+        assert unseen.map_version == 1
+    finally:
+        unseen.close()

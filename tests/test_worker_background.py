@@ -101,3 +101,26 @@ def test_a_burst_of_jobs_runs_before_any_background_step() -> None:
     w.wait_background(30)
     assert order == ["job1", "job2", "step", "step", "step"]
     w.close()
+
+
+def test_hold_pauses_background_steps_and_release_resumes_them() -> None:
+    w = Worker(idle_grace=0.0)
+    steps: list[float] = []
+    w.hold_background(30.0)  # a page is loading the chart
+    w.background(lambda: steps.append(time.monotonic()) is None and len(steps) < 3)
+    done = threading.Event()
+    w.run(done.set)  # foreground jobs are not held
+    assert done.wait(10)
+    time.sleep(0.5)
+    assert steps == []
+    released = time.monotonic()
+    w.release_background()  # the chart was drawn
+    w.wait_background(10)
+    assert len(steps) == 3 and steps[0] >= released
+    # A hold that runs out ends by itself.
+    w.hold_background(0.3)
+    start = time.monotonic()
+    w.background(lambda: steps.append(time.monotonic()) is None and False)
+    w.wait_background(10)
+    assert steps[-1] - start >= 0.25
+    w.close()

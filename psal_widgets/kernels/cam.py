@@ -1,9 +1,14 @@
-"""Class-activation maps through the ``grad-cam`` package (GradCAM and friends), for comparison."""
+"""Class-activation maps through the ``grad-cam`` package (GradCAM and friends), for comparison.
+
+The package is imported at the first map, not with this module: it imports scikit-learn (for
+EigenCAM), about 0.9 s on this project's 2-core CPU, which the dashboard's first chart need not wait for.
+"""
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import numpy as np
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from .._types import CAM_METHODS, CamMethod
@@ -11,14 +16,22 @@ from .grad_mode import requires_grad
 
 __all__ = ["cam_map", "conv_layer_names", "default_cam_layer"]
 
+#: CAM method -> class name in ``pytorch_grad_cam``.
 _METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "hirescam": HiResCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
 }
+
+
+def _grad_cam(method: str) -> tuple[Any, Any]:
+    """The package's class for ``method`` and its ``ClassifierOutputTarget``."""
+    package = importlib.import_module("pytorch_grad_cam")
+    targets = importlib.import_module("pytorch_grad_cam.utils.model_targets")
+    return getattr(package, _METHODS[method]), targets.ClassifierOutputTarget
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
@@ -65,6 +78,7 @@ def cam_map(
     name = layer if layer is not None else default_cam_layer(model)
     if name not in modules:
         raise ValueError(f"no layer named {name!r}; conv layers are e.g. {conv_layer_names(model)[-3:]}")
+    cam_class, classifier_target = _grad_cam(method)
     was_training = model.training
     # An input that requires grad keeps the graph alive through the frozen weights.
     x = image.detach().clone().unsqueeze(0).requires_grad_(True)
@@ -73,9 +87,9 @@ def cam_map(
         # pass leaves no .grad on the user's parameters.
         with (
             requires_grad(model.parameters(), False),
-            _METHODS[method](model=model, target_layers=[modules[name]]) as cam,
+            cam_class(model=model, target_layers=[modules[name]]) as cam,
         ):
-            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target_class))])
+            heat = cam(input_tensor=x, targets=[classifier_target(int(target_class))])
     finally:
         model.train(was_training)
     out = np.nan_to_num(np.asarray(heat[0], dtype=np.float32))

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 import ipywidgets as W
 
-from .upload import DEFAULT_UPLOAD_LIMIT
 from .brush import BrushPanel
 from .common import close_widgets
 from .dataset_view import DatasetViewPanel
@@ -39,6 +38,7 @@ from .prediction import PredictionPanel
 from .profile import ProfilePanel
 from .prune import PrunePanel
 from .status import StatusPanel
+from .upload import DEFAULT_UPLOAD_LIMIT
 from .worker import Worker
 
 __all__ = ["Explorer"]
@@ -73,6 +73,12 @@ def _cell_id() -> str | None:
         return None
 
 
+#: ``Explorer.from_env`` (the dashboard): seconds the first maps wait for a browser to draw the chart.
+DASHBOARD_MAPS_AFTER_CHART_S = 10.0
+#: Longest pause of the instant-map basis while a page loads the chart (ended by its first draw).
+PAGE_LOAD_HOLD_S = 15.0
+
+
 class Explorer(W.VBox):
     """Interactive parameter-space saliency explorer (an ``ipywidgets.VBox``; display it).
 
@@ -104,6 +110,10 @@ class Explorer(W.VBox):
         working directory); its subfolder box refuses ``..``, absolute paths and symlinks out.
     upload_limit : int, default 20_000_000
         Largest upload in bytes.
+    maps_after_chart : float, optional
+        Hold the first input map, CAM and instant-map basis back until a browser has drawn the
+        profile chart, or for this many seconds at most (the dashboard: the page draws the chart
+        sooner when the kernel leaves the CPU to it). Default: start them at once.
 
     Attributes
     ----------
@@ -140,6 +150,7 @@ class Explorer(W.VBox):
         raw_images: str | os.PathLike[str] | None = None,
         export_dir: str | os.PathLike[str] | None = None,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        maps_after_chart: float | None = None,
     ) -> None:
         if session is not None and any(
             v is not None for v in (model, image, label, data, device, weights, stats, index)
@@ -210,15 +221,54 @@ class Explorer(W.VBox):
         self.image_panel.show()
         self.brush_panel.show_image()
         self.status.info(f"analyzing {session.image_name}: computing the input map…")
+        # A page loading the chart (plotly.js, first draw) gets the CPU before idle-time work.
+        self.profile_panel.figure.on_loading(lambda: self.worker.hold_background(PAGE_LOAD_HOLD_S))
+        self.profile_panel.figure.on_drawn(self.worker.release_background)
+        if maps_after_chart is None:
+            self._start_maps()
+        else:
+            self._start_maps_after_chart(float(maps_after_chart))
+        if self.image_panel.browser is not None:
+            self.image_panel.refresh_rows()
+        if cell is not None:
+            self._by_cell[cell] = weakref.ref(self)
+
+    def _start_maps(self) -> None:
+        """The first input map and CAM, then the instant-map basis in idle time."""
+        if self._closed:
+            return
         self.maps_panel.request_map(delay=0.0)
         self.maps_panel.request_cam(delay=0.0)
         # Instant maps: after the first map, idle time builds the basis of the likely filters.
         self.changed.connect(self._restart_basis, "instant-map basis")
         self._restart_basis(StateEvent(ALL_STATE))
-        if self.image_panel.browser is not None:
-            self.image_panel.refresh_rows()
-        if cell is not None:
-            self._by_cell[cell] = weakref.ref(self)
+
+    def _start_maps_after_chart(self, timeout: float) -> None:
+        """Hold the maps back until a browser has drawn the profile chart, or ``timeout`` seconds.
+
+        The dashboard's page loads plotly.js and draws the chart on the same 2 CPU cores the
+        kernel would spend on the maps and the basis; the chart comes first (the maps follow in
+        about a second). A kernel no browser has opened yet (Voila's preheated one) starts them
+        after ``timeout``, so a later visitor finds them ready.
+        """
+        import threading
+
+        lock = threading.Lock()
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            with lock:
+                if started:
+                    return
+                started = True
+            timer.cancel()
+            self.status.guard(self._start_maps, "input map")()
+
+        timer = threading.Timer(timeout, start)
+        timer.daemon = True
+        self.profile_panel.figure.on_drawn(start)
+        timer.start()
 
     def _layout(self) -> list[W.Widget]:
         model_name = getattr(getattr(self.session, "model", None), "name", "")
@@ -309,6 +359,8 @@ class Explorer(W.VBox):
             if not limit.isdigit() or int(limit) <= 0:
                 raise ValueError(f"PSAL_UPLOAD_LIMIT={limit!r}: give the largest upload as a positive number of bytes")
             kwargs["upload_limit"] = int(limit)
+        # Served pages draw the chart before the kernel spends the CPU on maps (see __init__).
+        kwargs["maps_after_chart"] = DASHBOARD_MAPS_AFTER_CHART_S
         kwargs.update(overrides)
         return cls(**kwargs)
 

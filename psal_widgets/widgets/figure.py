@@ -29,6 +29,8 @@ opened) costs no second parse.
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from typing import Any
 import plotly.graph_objects as go
 import traitlets
 
-__all__ = ["LOADER_JS", "FigureWidget", "plotly_bundle"]
+__all__ = ["LOADER_JS", "PRELOAD_HTML", "FigureWidget", "page_preload_html", "plotly_bundle"]
 
 #: The module anywidget loads for every figure (see the module docstring). ``Symbol.for`` names
 #: the page-wide slot, so every figure (and a re-run cell's new figures) finds the same import.
@@ -46,12 +48,33 @@ const SLOT = Symbol.for("psal_widgets.plotly_widget_bundle");
 // Render anyway if the kernel does not answer the handshake (a kernel busy for this long).
 const HANDSHAKE_MS = 20000;
 
+// performance.mark names, read by `psal bench dashboard` to split the time to the first chart.
+const mark = (name) => { try { performance.mark("psal:" + name); } catch (e) { /* no marks: fine */ } };
+
+// plotly's bundle, as text: from the figure's state, or (state left empty: the page carries it,
+// see page_preload_html) from the kernel on request, for a page whose preload did not run.
+function bundleText(model) {
+  const code = model.get("_psal_bundle");
+  if (code) return Promise.resolve(code);
+  return new Promise((resolve) => {
+    const onMessage = (msg) => {
+      if (msg && msg.psal === "bundle") { model.off("msg:custom", onMessage); resolve(msg.code); }
+    };
+    model.on("msg:custom", onMessage);
+    model.send({ psal: "need_bundle" });
+  });
+}
+
 function plotlyModule(model) {
   let loading = globalThis[SLOT];
   if (!loading) {
-    const url = URL.createObjectURL(new Blob([model.get("_psal_bundle")], { type: "text/javascript" }));
-    loading = import(url);
-    loading.finally(() => URL.revokeObjectURL(url)).catch(() => {});
+    mark("plotly-import-start");
+    loading = bundleText(model).then((code) => {
+      const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
+      const imported = import(url);
+      imported.finally(() => { URL.revokeObjectURL(url); mark("plotly-imported"); }).catch(() => {});
+      return imported;
+    });
     globalThis[SLOT] = loading;
     // A failed import is not cached: the next figure tries again.
     loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
@@ -63,6 +86,7 @@ export default () => {
   let attached = null;
   return {
     initialize({ model, experimental }) {
+      model.send({ psal: "loading" });  // a page is starting this figure: the kernel may hold back idle work
       let answered;
       const synced = new Promise((resolve) => { answered = resolve; });
       const onMessage = (msg) => {
@@ -74,10 +98,18 @@ export default () => {
         const factory = typeof mod.default === "function" ? mod.default : () => mod.default;
         const widget = factory();
         widget.initialize({ model, experimental });
-        // Updates sent before this point reached no plotly code: ask the kernel for the
-        // figure's current data and layout, and draw only once they are here.
-        model.send({ psal: "attached" });
-        await Promise.race([synced, new Promise((resolve) => setTimeout(resolve, HANDSHAKE_MS))]);
+        // Updates sent before this point reached no plotly code. "_psal_fresh": the kernel has
+        // sent none since the data and layout in this state, which can then be drawn at once.
+        // Otherwise ask the kernel for the current ones, and draw only once they are here.
+        if (model.get("_psal_fresh")) {
+          model.off("msg:custom", onMessage);
+          mark("fresh");
+        } else {
+          model.send({ psal: "attached" });
+          mark("attached");
+          await Promise.race([synced, new Promise((resolve) => setTimeout(resolve, HANDSHAKE_MS))]);
+          mark("synced");
+        }
         if (model.state_change) await model.state_change;
         return widget;
       });
@@ -85,7 +117,11 @@ export default () => {
     },
     async render(view) {
       const widget = await attached;
-      return widget.render(view);
+      mark("render-start");
+      const out = await widget.render(view);
+      mark("render-end");
+      view.model.send({ psal: "drawn" });  // the kernel may start work it held back for the first draw
+      return out;
     },
   };
 };
@@ -101,6 +137,52 @@ def plotly_bundle() -> str:
     return str(esm)
 
 
+#: The page preload (:func:`page_preload_html`) was displayed in this kernel: figures created
+#: afterwards leave plotly.js out of their state.
+_PAGE_CARRIES_BUNDLE = False
+
+#: Markup that starts importing plotly.js into the page as soon as the browser reads it; see
+#: :func:`page_preload_html`. ``%s`` is the bundle as a JSON string.
+PRELOAD_HTML = """<script>
+/* psal_widgets: import plotly.js now, for the figures that come later (widgets/figure.py). */
+(() => {
+  const SLOT = Symbol.for("psal_widgets.plotly_widget_bundle");
+  if (globalThis[SLOT]) return;
+  try { performance.mark("psal:plotly-import-start"); } catch (e) { /* fine */ }
+  const url = URL.createObjectURL(new Blob([%s], { type: "text/javascript" }));
+  const loading = import(url);
+  loading.finally(() => {
+    URL.revokeObjectURL(url);
+    try { performance.mark("psal:plotly-imported"); } catch (e) { /* fine */ }
+  }).catch(() => {});
+  // Failed: the figures fetch plotly.js themselves.
+  loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
+  globalThis[SLOT] = loading;
+})();
+</script>"""
+
+
+def page_preload_html() -> str:
+    """A classic ``<script>`` carrying plotly.js, for the first output of a served page.
+
+    The Voila dashboard shows it before building the explorer. The browser runs a classic
+    script as soon as it parses it, so plotly.js (about 1 s of the page's main thread on a
+    2-core machine) loads while the kernel still builds the explorer, or while the page boots
+    its widget manager, instead of after the first figure arrives. Figures created afterwards
+    in this kernel leave the bundle out of their state (5 MB less to send); a page where the
+    script did not run (an untrusted notebook) gets it from the kernel on request.
+
+    Returns
+    -------
+    str
+        HTML; the bundle is a JSON string with ``<`` escaped, so it can never close the tag.
+    """
+    global _PAGE_CARRIES_BUNDLE
+    _PAGE_CARRIES_BUNDLE = True
+    code = json.dumps(plotly_bundle()).replace("<", "\\u003c")
+    return PRELOAD_HTML % code
+
+
 class FigureWidget(go.FigureWidget):
     """``plotly.graph_objects.FigureWidget`` whose pages load plotly.js once (module docstring).
 
@@ -109,20 +191,56 @@ class FigureWidget(go.FigureWidget):
 
     _esm = LOADER_JS
     _psal_bundle = traitlets.Unicode().tag(sync=True)
+    #: No update was sent since ``_widget_data`` / ``_widget_layout``: a front end that starts
+    #: from this state draws at once, without the handshake.
+    _psal_fresh = traitlets.Bool(True).tag(sync=True)
 
     # A dynamic default is computed when the widget first sends its state, so the bundle is in
     # the state the front-end model starts with (the loader reads it in ``initialize``).
     @traitlets.default("_psal_bundle")
     def _default_psal_bundle(self) -> str:
-        return plotly_bundle()
+        return "" if _PAGE_CARRIES_BUNDLE else plotly_bundle()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # plotly applies the layout template as an update right after construction: fold it
+        # into the state, so a front end starting from it needs no handshake.
+        self._take_current_state()
+        self._front_end_callbacks: dict[str, list[Callable[[], None]]] = {"loading": [], "drawn": []}
         self.on_msg(self._psal_message)
 
+    def on_loading(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (kernel main thread) when a front end starts loading the figure."""
+        self._front_end_callbacks["loading"].append(callback)
+
+    def on_drawn(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (kernel main thread) each time a front end has drawn the figure."""
+        self._front_end_callbacks["drawn"].append(callback)
+
+    def _take_current_state(self) -> None:
+        """Copy the figure's current data and layout into the synced state; mark it fresh."""
+        self._widget_data = deepcopy(self._data)
+        self._widget_layout = deepcopy(self._layout_obj._props)
+        self._psal_fresh = True
+
+    def notify_change(self, change: Any) -> None:
+        # plotly sends every update as a one-off ``_py2js_*`` value. Mark the state stale first,
+        # so a front end never sees the update's message before ``_psal_fresh`` turns false.
+        if (change.get("name", "").startswith("_py2js_") and change.get("new") is not None
+                and self._psal_fresh):
+            self._psal_fresh = False
+        super().notify_change(change)
+
     def _psal_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
-        if isinstance(content, dict) and content.get("psal") == "attached":
+        if not isinstance(content, dict):
+            return
+        if content.get("psal") == "attached":
             self.resync()
+        elif content.get("psal") in self._front_end_callbacks:
+            for callback in list(self._front_end_callbacks[content["psal"]]):
+                callback()
+        elif content.get("psal") == "need_bundle":
+            self.send({"psal": "bundle", "code": plotly_bundle()})
 
     def resync(self) -> None:
         """Send the figure's current data and layout to the front end, then ``{"psal": "synced"}``.
@@ -137,3 +255,5 @@ class FigureWidget(go.FigureWidget):
         # hold an older one: send both explicitly (at worst once more than needed, per page).
         self.send_state(["_widget_data", "_widget_layout"])
         self.send({"psal": "synced"})
+        # Last: a front end must never read "fresh" before the current data and layout.
+        self._psal_fresh = True

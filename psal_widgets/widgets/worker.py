@@ -21,7 +21,8 @@ Two kinds of job:
   ``background`` call replaces (cancels) the previous one between two steps. Steps start only
   once the foreground has been quiet for ``idle_grace`` seconds: people click in bursts, and a
   click that arrives while a step runs waits for it (at most one step). ``wait_idle`` does not
-  wait for background work (``wait_background`` does).
+  wait for background work (``wait_background`` does). ``hold_background(seconds)`` pauses it
+  (a browser page loading the explorer needs the CPU more), ``release_background()`` resumes.
 
 ``then(result)`` is called on the worker thread right after ``fn`` returns (ipywidgets trait
 updates are sent from any thread). Exceptions of ``fn`` or ``then`` go to ``on_error``.
@@ -76,6 +77,7 @@ class Worker:
         self.on_error = on_error
         self.idle_grace = float(idle_grace)
         self._last_foreground = 0.0  # time.monotonic() when the last job ended
+        self._hold_until = 0.0  # background steps wait until then (hold_background)
         self.on_busy = on_busy
         self._queue: deque[_Job] = deque()
         self._generation: dict[str, int] = {}
@@ -169,6 +171,17 @@ class Worker:
             self._bg = None if step is None else (step, what)
             self._cond.notify_all()
 
+    def hold_background(self, seconds: float) -> None:
+        """Start no background step for ``seconds`` (a running step finishes); foreground jobs run."""
+        with self._cond:
+            self._hold_until = max(self._hold_until, time.monotonic() + float(seconds))
+
+    def release_background(self) -> None:
+        """End a :meth:`hold_background` now."""
+        with self._cond:
+            self._hold_until = 0.0
+            self._cond.notify_all()
+
     @property
     def background_pending(self) -> bool:
         with self._cond:
@@ -252,7 +265,7 @@ class Worker:
                 if self._closed:
                     return None
                 if self._bg is not None:
-                    quiet_in = self._last_foreground + self.idle_grace - time.monotonic()
+                    quiet_in = max(self._last_foreground + self.idle_grace, self._hold_until) - time.monotonic()
                     if quiet_in > 0:  # a job just ended: more clicks may follow
                         self._cond.wait(quiet_in)
                         continue
