@@ -34,6 +34,7 @@ from .html import esc
 from .images import ImagePanel
 from .maps import MapsPanel
 from .neighbours import NeighboursPanel
+from .page_watch import on_page_contact
 from .prediction import PredictionPanel
 from .profile import ProfilePanel
 from .prune import PrunePanel
@@ -221,8 +222,17 @@ class Explorer(W.VBox):
         self.image_panel.show()
         self.brush_panel.show_image()
         self.status.info(f"analyzing {session.image_name}: computing the input map…")
-        # A page loading the chart (plotly.js, first draw) gets the CPU before idle-time work.
-        self.profile_panel.figure.on_loading(lambda: self.worker.hold_background(PAGE_LOAD_HOLD_S))
+        # A page loading the chart (plotly.js, first draw) gets the CPU before idle-time work:
+        # from its first message to the kernel (page_watch) or its figure's loading, to its first draw.
+        worker = weakref.ref(self.worker)
+
+        def hold() -> None:
+            w = worker()
+            if w is not None:
+                w.hold_background(PAGE_LOAD_HOLD_S)
+
+        self._unwatch_pages = on_page_contact(hold)
+        self.profile_panel.figure.on_loading(hold)
         self.profile_panel.figure.on_drawn(self.worker.release_background)
         if maps_after_chart is None:
             self._start_maps()
@@ -384,6 +394,9 @@ class Explorer(W.VBox):
         if getattr(self, "_closed", True):  # also runs from __del__, maybe half-built
             return
         self._closed = True
+        unwatch = getattr(self, "_unwatch_pages", None)
+        if unwatch is not None:
+            unwatch()
         changed = getattr(self, "changed", None)
         if changed is not None:
             changed.clear()
