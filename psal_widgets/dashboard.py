@@ -1,6 +1,6 @@
 """Serve the explorer as a stand-alone web page: Voila running ``notebooks/dashboard.ipynb``.
 
-The notebook is one import and one call (``Explorer.from_env()``); everything the user chooses
+The notebook is two short cells (plotly.js for the page, then ``Explorer.from_env()``); everything the user chooses
 on the command line reaches it through environment variables (:data:`ENV_VARS`), because a
 Voila kernel takes no arguments. :func:`launch` checks the inputs, starts Voila as a child
 process of this Python on 127.0.0.1, waits until the port answers and returns a
