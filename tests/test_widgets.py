@@ -1036,3 +1036,35 @@ def test_maps_after_chart_wait_for_the_first_draw_or_the_timeout(default_explain
         assert unseen.map_version == 1
     finally:
         unseen.close()
+
+
+@pytest.mark.slow
+def test_an_instant_map_is_computed_and_shown_once_per_click(app, monkeypatch) -> None:
+    """A filter set inside the basis: the map goes out before the chart update, and the change
+    that follows does not build the same overlay and PNG a second time."""
+    from psal_widgets.viz.encode import png_bytes
+
+    s = app.session
+    app.wait_background(300)
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)
+    subset = s.filters[:2]  # the two top ranks: inside the fixture's basis of the top 4
+    assert s.map_is_instant(subset)
+    calls: list[int] = []
+    real = s.input_overlay
+    monkeypatch.setattr(s, "input_overlay", lambda *a, **k: calls.append(1) or real(*a, **k))
+    v0 = app.map_version
+    app.profile_panel.set_filters(subset)
+    app.wait_idle(60)
+    assert sorted(s.filters) == sorted(subset)
+    assert len(calls) == 1 and app.map_version == v0 + 1
+    monkeypatch.undo()
+    assert app.maps_panel.map.value == png_bytes(s.input_overlay(s.filters))
+    # Changing the percentile with the same F is not mistaken for the map just shown.
+    app.maps_panel.percentile.value = 80.0
+    app.wait_idle(60)
+    assert app.map_version == v0 + 2
+    assert app.maps_panel.map.value == png_bytes(s.input_overlay(s.filters))
+    app.maps_panel.percentile.value = 90.0
+    app.profile_panel.reset_to_top_k()
+    app.wait_idle(60)

@@ -64,6 +64,8 @@ class MapsPanel:
         self.debounce = debounce
         s = host.session
         self.map_version = 0
+        # The map show_if_instant has just shown (its _map_key), until the change that follows.
+        self._shown_instant: tuple[Any, ...] | None = None
         self.map = W.Image(value=_blank(), format="png", width=DISPLAY_WIDTH)
         self.map.add_class("psal-map")
         self.map_caption = W.HTML("")
@@ -167,14 +169,22 @@ class MapsPanel:
 
         Called before the chart is told about a new F: the browser handles messages in order and
         redrawing the chart's 21,008 points takes it 100-200 ms, so the map message goes first.
-        The request that the change then makes finds the map cached and sends nothing new.
+        The change that follows then requests no second copy of the same map (``_on_change``).
         """
         s = self.host.session
         instant = getattr(s, "map_is_instant", None)
         if instant is None or not instant():
             return False
-        self._show_map(self._compute_map())
+        result = self._compute_map()
+        self._show_map(result)
+        self._shown_instant = self._map_key(result)
         return True
+
+    @staticmethod
+    def _map_key(result: tuple[bytes, list[int], float, float, str | None, str]) -> tuple[Any, ...]:
+        """What a map shown for the same analysis depends on: F, boost and percentile."""
+        _, filters, boost, percentile, _, _ = result
+        return tuple(sorted(filters)), boost, percentile
 
     def _compute_map(self) -> tuple[bytes, list[int], float, float, str | None, str]:
         """The map of the session's current F as PNG, with what ``_show_map`` shows beside it."""
@@ -229,10 +239,14 @@ class MapsPanel:
 
     # -- views (worker thread) -------------------------------------------------------------------
     def _on_change(self, event: StateEvent) -> None:
+        shown, self._shown_instant = self._shown_instant, None
         if event.touches("profile"):
             self.request_map(delay=0.0)
         elif event.touches("filters", "settings"):
-            self.request_map()
+            s = self.host.session
+            # show_if_instant has just shown this very map (same analysis: the profile is unchanged).
+            if shown != (tuple(sorted(s.filters)), s.boost, s.percentile):
+                self.request_map()
         if event.touches("image", "label", "profile"):
             self.request_cam(delay=0.0)
         if event.touches("settings"):
