@@ -97,7 +97,7 @@ def test_page_preload_carries_the_bundle_and_later_figures_leave_it_out(monkeypa
     assert figure_module._PAGE_CARRIES_BUNDLE is True
     # One script element: the bundle cannot close the tag early.
     assert html.count("<script") == 1 and html.count("</script") == 1 and html.rstrip().endswith("</script>")
-    start = html.index("new Blob([") + len("new Blob([")
+    start = html.index("importOnce(() => ") + len("importOnce(() => ")
     literal, _ = _json.JSONDecoder().raw_decode(html[start:])
     assert literal == plotly_bundle()
     fig = _figure()

@@ -664,12 +664,8 @@ class Session:
         key = ("map", st.generation, tuple(sorted(ids)), s.boost, s.percentile)
 
         def compute() -> np.ndarray:
-            if st.analysis.basis_covers(ids):
-                # Milliseconds of work: one thread, so a busy core (the browser redrawing the
-                # chart after the click) cannot stall it at a thread-pool barrier.
-                with single_threaded():
-                    return saliency_heatmap(self._gradient(ids), percentile=s.percentile)
-            return saliency_heatmap(self._gradient(ids), percentile=s.percentile)
+            with self._one_thread_if_instant(ids):
+                return saliency_heatmap(self._gradient(ids), percentile=s.percentile)
 
         heat = self._cache.get_or_compute(key, compute)
         return heat.copy()
@@ -680,10 +676,16 @@ class Session:
     ) -> np.ndarray:
         """The map over the current image, uint8 [H, W, 3]."""
         ids = list(self._selection.ids) if filters is None else check_ids(filters, self.n_filters)
-        # An instant map (from the basis) stays on one thread up to the overlay: see input_map.
-        quick = bool(ids) and self._st.analysis.basis_covers(ids)
-        with single_threaded() if quick else contextlib.nullcontext():
+        with self._one_thread_if_instant(ids):
             return overlay(self._st.image, self.input_map(ids), alpha=alpha, colormap=colormap)
+
+    def _one_thread_if_instant(self, ids: Sequence[int]) -> contextlib.AbstractContextManager[None]:
+        """One torch/OpenCV thread for a map the basis answers (milliseconds of work), so a busy
+        core (the browser redrawing the chart after the click) cannot stall it at a thread-pool
+        barrier; the default threads for a map that needs a backward pass."""
+        if ids and self._st.analysis.basis_covers(ids):
+            return single_threaded()
+        return contextlib.nullcontext()
 
     # -- CAM ---------------------------------------------------------------------------------------
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -261,8 +262,6 @@ class Explorer(W.VBox):
         about a second). A kernel no browser has opened yet (Voila's preheated one) starts them
         after ``timeout``, so a later visitor finds them ready.
         """
-        import threading
-
         lock = threading.Lock()
         started = False
 

@@ -40,22 +40,45 @@ import traitlets
 
 __all__ = ["LOADER_JS", "PRELOAD_HTML", "FigureWidget", "page_preload_html", "plotly_bundle"]
 
-#: The module anywidget loads for every figure (see the module docstring). ``Symbol.for`` names
-#: the page-wide slot, so every figure (and a re-run cell's new figures) finds the same import.
-LOADER_JS = r"""
-// psal_widgets: one plotly.js per page for every figure (psal_widgets/widgets/figure.py).
+#: Page-wide import of plotly's bundle, shared by the figures' loader (:data:`LOADER_JS`) and the
+#: page preload (:data:`PRELOAD_HTML`). ``Symbol.for`` names the page-wide slot, so every figure
+#: (and a re-run cell's new figures) finds the same import.
+_IMPORT_ONCE_JS = r"""
 const SLOT = Symbol.for("psal_widgets.plotly_widget_bundle");
-// Render anyway if the kernel does not answer the handshake (a kernel busy for this long).
-const HANDSHAKE_MS = 20000;
-
 // performance.mark names, read by `psal bench dashboard` to split the time to the first chart.
 const mark = (name) => { try { performance.mark("psal:" + name); } catch (e) { /* no marks: fine */ } };
+
+// The page's one import of plotly's bundle; getCode() gives its text (or a promise of it).
+function importOnce(getCode) {
+  let loading = globalThis[SLOT];
+  if (loading) return loading;
+  mark("plotly-import-start");
+  loading = Promise.resolve(getCode()).then((code) => {
+    const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
+    const imported = import(url);
+    imported.finally(() => { URL.revokeObjectURL(url); mark("plotly-imported"); }).catch(() => {});
+    return imported;
+  });
+  globalThis[SLOT] = loading;
+  // A failed import is not kept: the next figure tries again (the kernel sends the bundle).
+  loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
+  return loading;
+}
+"""
+
+#: The module anywidget loads for every figure (see the module docstring).
+LOADER_JS = (
+    "// psal_widgets: one plotly.js per page for every figure (psal_widgets/widgets/figure.py).\n"
+    + _IMPORT_ONCE_JS
+    + r"""
+// Render anyway if the kernel does not answer the handshake (a kernel busy for this long).
+const HANDSHAKE_MS = 20000;
 
 // plotly's bundle, as text: from the figure's state, or (state left empty: the page carries it,
 // see page_preload_html) from the kernel on request, for a page whose preload did not run.
 function bundleText(model) {
   const code = model.get("_psal_bundle");
-  if (code) return Promise.resolve(code);
+  if (code) return code;
   return new Promise((resolve) => {
     const onMessage = (msg) => {
       if (msg && msg.psal === "bundle") { model.off("msg:custom", onMessage); resolve(msg.code); }
@@ -65,22 +88,7 @@ function bundleText(model) {
   });
 }
 
-function plotlyModule(model) {
-  let loading = globalThis[SLOT];
-  if (!loading) {
-    mark("plotly-import-start");
-    loading = bundleText(model).then((code) => {
-      const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
-      const imported = import(url);
-      imported.finally(() => { URL.revokeObjectURL(url); mark("plotly-imported"); }).catch(() => {});
-      return imported;
-    });
-    globalThis[SLOT] = loading;
-    // A failed import is not cached: the next figure tries again.
-    loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
-  }
-  return loading;
-}
+const plotlyModule = (model) => importOnce(() => bundleText(model));
 
 export default () => {
   let attached = null;
@@ -126,6 +134,7 @@ export default () => {
   };
 };
 """
+)
 
 
 @functools.cache
@@ -142,24 +151,11 @@ def plotly_bundle() -> str:
 _PAGE_CARRIES_BUNDLE = False
 
 #: Markup that starts importing plotly.js into the page as soon as the browser reads it; see
-#: :func:`page_preload_html`. ``%s`` is the bundle as a JSON string.
-PRELOAD_HTML = """<script>
-/* psal_widgets: import plotly.js now, for the figures that come later (widgets/figure.py). */
-(() => {
-  const SLOT = Symbol.for("psal_widgets.plotly_widget_bundle");
-  if (globalThis[SLOT]) return;
-  try { performance.mark("psal:plotly-import-start"); } catch (e) { /* fine */ }
-  const url = URL.createObjectURL(new Blob([%s], { type: "text/javascript" }));
-  const loading = import(url);
-  loading.finally(() => {
-    URL.revokeObjectURL(url);
-    try { performance.mark("psal:plotly-imported"); } catch (e) { /* fine */ }
-  }).catch(() => {});
-  // Failed: the figures fetch plotly.js themselves.
-  loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
-  globalThis[SLOT] = loading;
-})();
-</script>"""
+#: :func:`page_preload_html`. ``BUNDLE_TEXT`` stands for the bundle as a JSON string.
+PRELOAD_HTML = (
+    "<script>\n/* psal_widgets: import plotly.js now, for the figures that come later (widgets/figure.py). */\n"
+    "(() => {" + _IMPORT_ONCE_JS + "importOnce(() => BUNDLE_TEXT);\n})();\n</script>"
+)
 
 
 def page_preload_html() -> str:
@@ -180,7 +176,7 @@ def page_preload_html() -> str:
     global _PAGE_CARRIES_BUNDLE
     _PAGE_CARRIES_BUNDLE = True
     code = json.dumps(plotly_bundle()).replace("<", "\\u003c")
-    return PRELOAD_HTML % code
+    return PRELOAD_HTML.replace("BUNDLE_TEXT", code, 1)
 
 
 class FigureWidget(go.FigureWidget):
@@ -203,9 +199,9 @@ class FigureWidget(go.FigureWidget):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # plotly applies the layout template as an update right after construction: fold it
-        # into the state, so a front end starting from it needs no handshake.
-        self._take_current_state()
+        # plotly's constructor ends by copying its data and layout into the state (after it has
+        # sent its own template update to nobody): a front end starting from it needs no handshake.
+        self._psal_fresh = True
         self._front_end_callbacks: dict[str, list[Callable[[], None]]] = {"loading": [], "drawn": []}
         self.on_msg(self._psal_message)
 
@@ -216,12 +212,6 @@ class FigureWidget(go.FigureWidget):
     def on_drawn(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` (kernel main thread) each time a front end has drawn the figure."""
         self._front_end_callbacks["drawn"].append(callback)
-
-    def _take_current_state(self) -> None:
-        """Copy the figure's current data and layout into the synced state; mark it fresh."""
-        self._widget_data = deepcopy(self._data)
-        self._widget_layout = deepcopy(self._layout_obj._props)
-        self._psal_fresh = True
 
     def notify_change(self, change: Any) -> None:
         # plotly sends every update as a one-off ``_py2js_*`` value. Mark the state stale first,
