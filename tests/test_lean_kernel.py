@@ -35,6 +35,8 @@ def test_served_notebook_imports_it_before_anything_else() -> None:
 _LAZY_PROBE = """
 import sys
 import psal_widgets.session, psal_widgets.kernels, psal_widgets.widgets.app, psal_widgets.viz
+from psal_widgets.session import Session  # the lazy attribute the explorer resolves: session/core.py
+import psal_widgets.session.export, psal_widgets.session.dataset
 heavy = [m for m in ("pytorch_grad_cam", "sklearn", "matplotlib") if m in sys.modules]
 print(heavy)
 from psal_widgets.viz import profile_png  # loads on first use

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..viz.encode import encode_png
 from ..viz.heatmap import overlay
-from ..viz.static import encode_png
 
 if TYPE_CHECKING:
     from ..kernels.filters import FilterIndex

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["png_bytes", "thumbnail"]
+__all__ = ["encode_png", "png_bytes", "thumbnail"]
 
 
 def _check_uint8_image(image: np.ndarray) -> np.ndarray:
@@ -75,3 +75,41 @@ def thumbnail(image: np.ndarray, *, max_side: int = 96) -> np.ndarray:
         return arr
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 passes through; floats are taken as [0, 1] intensities (clipped)."""
+    arr = np.asarray(array)
+    if arr.dtype == np.uint8:
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("image contains NaN or infinite values")
+    return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode an image as PNG bytes (what :func:`image_png` writes).
+
+    Parameters
+    ----------
+    array : np.ndarray, shape [H, W, 3] or [H, W]
+        RGB (uint8, or float in [0, 1]) or grayscale (uint8, or float in [0, 1]).
+
+    Returns
+    -------
+    bytes
+    """
+    arr = _to_uint8(array)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        # OpenCV stores BGR.
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)
+    elif arr.ndim != 2:
+        raise ValueError(f"image must have shape [H, W, 3] or [H, W], got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise OSError(f"OpenCV could not encode a PNG of shape {arr.shape}")
+    return buf.tobytes()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._types import SortedProfile
+from .encode import _to_uint8, encode_png
 from .figures import label_positions
 
 __all__ = ["encode_png", "image_png", "profile_png", "triptych_png"]
@@ -124,44 +124,6 @@ def profile_png(
     return _save(fig, path)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """uint8 passes through; floats are taken as [0, 1] intensities (clipped)."""
-    arr = np.asarray(array)
-    if arr.dtype == np.uint8:
-        return arr
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"image must be uint8 or float in [0, 1], got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("image contains NaN or infinite values")
-    return np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Encode an image as PNG bytes (what :func:`image_png` writes).
-
-    Parameters
-    ----------
-    array : np.ndarray, shape [H, W, 3] or [H, W]
-        RGB (uint8, or float in [0, 1]) or grayscale (uint8, or float in [0, 1]).
-
-    Returns
-    -------
-    bytes
-    """
-    arr = _to_uint8(array)
-    if arr.ndim == 3 and arr.shape[2] == 3:
-        # OpenCV stores BGR.
-        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)
-    elif arr.ndim != 2:
-        raise ValueError(f"image must have shape [H, W, 3] or [H, W], got {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
-    if not ok:
-        raise OSError(f"OpenCV could not encode a PNG of shape {arr.shape}")
-    return buf.tobytes()
-
-
 def image_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write an image as PNG, whatever the file suffix.
 
@@ -213,7 +175,7 @@ def triptych_png(
     n = len(panels)
     fig = Figure(figsize=(4.0 * n, 4.4 if suptitle else 4.0), dpi=_DPI, layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, (label, array) in zip(axes, panels):
+    for ax, (label, array) in zip(axes, panels, strict=True):
         arr = np.asarray(array)
         if arr.ndim == 3 and arr.shape[2] == 3:
             ax.imshow(_to_uint8(arr), interpolation="nearest")
