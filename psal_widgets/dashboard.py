@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dashboard_page as page
 from . import dashboard_security as security
 
 __all__ = [
@@ -71,8 +72,9 @@ ALL_INTERFACES = "0.0.0.0"
 # cell still builds the explorer.
 _CELLS = (
     (
-        "# Served by `psal dashboard` (Voila). First, before the explorer is built: the page starts\n"
-        "# loading plotly.js (psal_widgets/widgets/figure.py, page_preload_html).\n"
+        "# Served by `psal dashboard` (Voila). First, before the explorer is built: plotly.js for the\n"
+        "# page (psal_widgets/widgets/figure.py, page_preload_html; under `psal dashboard` the page's\n"
+        "# head has already started it, psal_widgets/dashboard_page.py).\n"
         "import psal_widgets.lean_kernel  # first: skips a slow optional import (see that module)\n"
         "from IPython.display import HTML\n"
         "from psal_widgets.widgets.figure import page_preload_html\n"
@@ -409,7 +411,8 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
            extra_env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
            quiet: bool = False, allow_remote: bool = False,
            upload_limit: int = security.DEFAULT_UPLOAD_LIMIT,
-           export_dir: str | os.PathLike[str] | None = None, token: str | None = None) -> Dashboard:
+           export_dir: str | os.PathLike[str] | None = None, token: str | None = None,
+           page_plotly: bool = True) -> Dashboard:
     """Start the dashboard on ``127.0.0.1`` and return once the HTTP port answers.
 
     Every request needs the token of :attr:`Dashboard.url` (403 without it) and a loopback Host
@@ -454,6 +457,10 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
         current folder).
     token : str, optional
         The token (default: a new random one, :func:`~psal_widgets.dashboard_security.new_token`).
+    page_plotly : bool
+        Serve the page with :mod:`.dashboard_page`'s template, whose head imports plotly.js while
+        the kernel still runs the notebook (``False``: Voila's own ``lab`` template; the
+        notebook or the figures then bring plotly.js).
 
     Returns
     -------
@@ -499,7 +506,13 @@ def launch(*, port: int | None = None, model: str | None = None, image: str | os
     with config:
         config.write(security.voila_config(allow_remote=allow_remote, upload_limit=int(upload_limit)))
     cmd = voila_command(nb, port=port, preheat=preheat, fill_delay=fill_delay,
-                        host=ALL_INTERFACES if allow_remote else HOST, config_dir=private) + list(extra_args)
+                        host=ALL_INTERFACES if allow_remote else HOST, config_dir=private)
+    if page_plotly:
+        env = page.page_env(page.template_root(security.private_root()), env)
+        cmd += page.template_args()
+    else:
+        env.pop(page.PAGE_PLOTLY_ENV, None)
+    cmd += list(extra_args)
     if log_path is not None:
         log = Path(log_path)
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import json
 import pytest
 
 from psal_widgets.dashboard import BLOCKED_URL, CHROMIUM_ARGS, chromium_path, launch
+from psal_widgets.dashboard_page import BUNDLE_FILE
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = chromium_path()
@@ -46,13 +47,20 @@ for i, f in enumerate(figs[:-1]):
     f.data[0].y = [i, i + 1, i + 2]
 """
 
-#: How the page gets plotly.js: in each figure's state; from the first cell's preload script (the
-#: dashboard's way, figures' state left empty); or, state empty and no script run, from the kernel.
+_PRELOAD_CELL = ("from IPython.display import HTML\nfrom psal_widgets.widgets.figure import page_preload_html\n"
+                 "HTML(page_preload_html())")
+
+#: How the page gets plotly.js, as (preload cell, page template, head import blocked):
+#: "head": the dashboard's way, the page's head imports it from its URL (dashboard_page.py), and
+#: the figures' state and the preload cell leave it out; "head-failed": that import fails, so each
+#: figure asks the kernel; with Voila's own template: in each figure's state ("state"), from the
+#: first cell's preload script ("page"), or, state empty and no script run, from the kernel.
 _PRELOAD = {
-    "state": None,
-    "page": "from IPython.display import HTML\nfrom psal_widgets.widgets.figure import page_preload_html\n"
-            "HTML(page_preload_html())",
-    "kernel": "from psal_widgets.widgets.figure import page_preload_html\n_ = page_preload_html()",
+    "head": (_PRELOAD_CELL, True, False),
+    "head-failed": (_PRELOAD_CELL, True, True),
+    "state": (None, False, False),
+    "page": (_PRELOAD_CELL, False, False),
+    "kernel": ("from psal_widgets.widgets.figure import page_preload_html\n_ = page_preload_html()", False, False),
 }
 
 
@@ -81,9 +89,10 @@ DRAWN_JS = """
 
 @pytest.mark.parametrize("source", sorted(_PRELOAD))
 def test_figures_created_together_all_draw_their_latest_data(tmp_path, source) -> None:
+    cell, page_plotly, block_head = _PRELOAD[source]
     nb = tmp_path / "many.ipynb"
-    nb.write_text(json.dumps(_notebook(_PRELOAD[source])))
-    dash = launch(notebook=nb, check=False, preheat=False, quiet=True, timeout=120)
+    nb.write_text(json.dumps(_notebook(cell)))
+    dash = launch(notebook=nb, check=False, preheat=False, quiet=True, timeout=120, page_plotly=page_plotly)
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
@@ -92,6 +101,10 @@ def test_figures_created_together_all_draw_their_latest_data(tmp_path, source) -
                 errors: list[str] = []
                 page.on("pageerror", lambda err: errors.append(str(err)))
                 page.route(BLOCKED_URL, lambda route: route.abort())
+                bundle_requests: list[str] = []
+                page.on("request", lambda r: bundle_requests.append(r.url) if BUNDLE_FILE in r.url else None)
+                if block_head:
+                    page.route(f"**/{BUNDLE_FILE}*", lambda route: route.abort())
                 page.goto(dash.url, timeout=LOAD_MS)
                 page.wait_for_function(
                     f"() => {{ const d = ({DRAWN_JS})(); return d.length === {N_FIGURES} && d.every(y => y); }}",
@@ -108,6 +121,10 @@ def test_figures_created_together_all_draw_their_latest_data(tmp_path, source) -
                 # plotly.js was imported once for the page; the unchanged figure skipped the handshake.
                 assert marks.count("psal:plotly-imported") == 1, marks
                 assert marks.count("psal:fresh") == 1 and marks.count("psal:attached") == N_FIGURES - 1, marks
+                # Only the template's head asks for the bundle's URL, once; when that fails, the
+                # figures got it from the kernel (their state leaves it out: the kernel knows).
+                assert len(bundle_requests) == (1 if page_plotly else 0), bundle_requests
+                assert ("psal:plotly-import-failed" in marks) == block_head, marks
             finally:
                 browser.close()
     finally:

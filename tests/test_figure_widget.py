@@ -93,11 +93,12 @@ def test_page_preload_carries_the_bundle_and_later_figures_leave_it_out(monkeypa
     import psal_widgets.widgets.figure as figure_module
 
     monkeypatch.setattr(figure_module, "_PAGE_CARRIES_BUNDLE", False)
+    monkeypatch.delenv(figure_module.PAGE_PLOTLY_ENV, raising=False)  # not under psal dashboard's template
     html = figure_module.page_preload_html()
     assert figure_module._PAGE_CARRIES_BUNDLE is True
     # One script element: the bundle cannot close the tag early.
     assert html.count("<script") == 1 and html.count("</script") == 1 and html.rstrip().endswith("</script>")
-    start = html.index("importOnce(() => ") + len("importOnce(() => ")
+    start = html.index("importOnce(() => importText(") + len("importOnce(() => importText(")
     literal, _ = _json.JSONDecoder().raw_decode(html[start:])
     assert literal == plotly_bundle()
     fig = _figure()
@@ -106,3 +107,18 @@ def test_page_preload_carries_the_bundle_and_later_figures_leave_it_out(monkeypa
     events = _spy(monkeypatch, fig)
     fig._psal_message(fig, {"psal": "need_bundle"}, [])
     assert events == [("msg", {"psal": "bundle", "code": plotly_bundle()})]
+
+
+def test_figures_keep_the_default_templates_layout_without_its_per_trace_defaults() -> None:
+    import plotly.io as pio
+
+    import psal_widgets.widgets.figure as figure_module
+
+    fig = figure_module.FigureWidget(data=[{"type": "scattergl", "y": [1, 2]}], layout={"height": 200})
+    default = pio.templates[pio.templates.default]
+    assert fig.layout.template.data.to_plotly_json() == {}
+    assert fig.layout.template.layout.to_plotly_json() == default.layout.to_plotly_json()
+    assert fig.layout.height == 200 and fig._psal_fresh is True
+    # A template the caller chose is left alone.
+    mine = figure_module.FigureWidget(data=[{"type": "bar", "y": [1]}], layout={"template": "simple_white"})
+    assert mine.layout.template.data.to_plotly_json() == pio.templates["simple_white"].data.to_plotly_json()

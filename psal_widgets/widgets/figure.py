@@ -12,8 +12,11 @@ the dataset view's charts stayed empty in the browser.
 :class:`FigureWidget` keeps plotly's Python API and its front-end code unchanged and replaces only
 the module anywidget loads: a small loader (:data:`LOADER_JS`) that
 
-- imports plotly's bundle (sent as the synced trait ``_psal_bundle``) once per page and shares the
-  module between every figure, so a page pays for plotly.js once;
+- imports plotly's bundle once per page and shares the module between every figure, so a page
+  pays for plotly.js once (:mod:`psal_widgets.plotly_page`). The bundle comes from whichever is
+  first: the page's own head (``psal dashboard``'s template, :mod:`psal_widgets.dashboard_page`),
+  a preload cell (:func:`page_preload_html`), the figure's state (the synced trait
+  ``_psal_bundle``, left empty when the page brings it) or the kernel on request;
 - returns from ``initialize`` at once, so anywidget's time limit never waits for plotly.js;
 - once plotly's model code is attached, tells the kernel (``{"psal": "attached"}``). plotly sends
   every change after construction as a one-off message (restyle, relayout, ...) that only
@@ -30,46 +33,24 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 import traitlets
 
-__all__ = ["LOADER_JS", "PRELOAD_HTML", "FigureWidget", "page_preload_html", "plotly_bundle"]
+from ..plotly_page import IMPORT_ONCE_JS, PAGE_PLOTLY_ENV
 
-#: Page-wide import of plotly's bundle, shared by the figures' loader (:data:`LOADER_JS`) and the
-#: page preload (:data:`PRELOAD_HTML`). ``Symbol.for`` names the page-wide slot, so every figure
-#: (and a re-run cell's new figures) finds the same import.
-_IMPORT_ONCE_JS = r"""
-const SLOT = Symbol.for("psal_widgets.plotly_widget_bundle");
-// performance.mark names, read by `psal bench dashboard` to split the time to the first chart.
-const mark = (name) => { try { performance.mark("psal:" + name); } catch (e) { /* no marks: fine */ } };
-
-// The page's one import of plotly's bundle; getCode() gives its text (or a promise of it).
-function importOnce(getCode) {
-  let loading = globalThis[SLOT];
-  if (loading) return loading;
-  mark("plotly-import-start");
-  loading = Promise.resolve(getCode()).then((code) => {
-    const url = URL.createObjectURL(new Blob([code], { type: "text/javascript" }));
-    const imported = import(url);
-    imported.finally(() => { URL.revokeObjectURL(url); mark("plotly-imported"); }).catch(() => {});
-    return imported;
-  });
-  globalThis[SLOT] = loading;
-  // A failed import is not kept: the next figure tries again (the kernel sends the bundle).
-  loading.catch(() => { if (globalThis[SLOT] === loading) delete globalThis[SLOT]; });
-  return loading;
-}
-"""
+__all__ = ["LOADER_JS", "PRELOAD_HTML", "FigureWidget", "page_imports_plotly", "page_preload_html", "plotly_bundle"]
 
 #: The module anywidget loads for every figure (see the module docstring).
 LOADER_JS = (
     "// psal_widgets: one plotly.js per page for every figure (psal_widgets/widgets/figure.py).\n"
-    + _IMPORT_ONCE_JS
+    + IMPORT_ONCE_JS
     + r"""
 // Render anyway if the kernel does not answer the handshake (a kernel busy for this long).
 const HANDSHAKE_MS = 20000;
@@ -88,7 +69,11 @@ function bundleText(model) {
   });
 }
 
-const plotlyModule = (model) => importOnce(() => bundleText(model));
+// The page's import, whoever started it (the page's head, a preload cell, another figure). If that
+// one fails (the head's URL unreachable), this figure starts one from the kernel's copy, which the
+// other figures waiting on the failed import then share.
+const fromKernel = (model) => () => Promise.resolve(bundleText(model)).then(importText);
+const plotlyModule = (model) => importOnce(fromKernel(model)).catch(() => importOnce(fromKernel(model)));
 
 export default () => {
   let attached = null;
@@ -154,19 +139,32 @@ _PAGE_CARRIES_BUNDLE = False
 #: :func:`page_preload_html`. ``BUNDLE_TEXT`` stands for the bundle as a JSON string.
 PRELOAD_HTML = (
     "<script>\n/* psal_widgets: import plotly.js now, for the figures that come later (widgets/figure.py). */\n"
-    "(() => {" + _IMPORT_ONCE_JS + "importOnce(() => BUNDLE_TEXT);\n})();\n</script>"
+    "(() => {" + IMPORT_ONCE_JS + "importOnce(() => importText(BUNDLE_TEXT));\n})();\n</script>"
 )
+
+
+def page_imports_plotly() -> bool:
+    """Whether the page showing this kernel's outputs imports plotly.js by itself.
+
+    True in ``psal dashboard``'s kernels (:data:`~psal_widgets.plotly_page.PAGE_PLOTLY_ENV`): its
+    Voila template starts the import from the page's head (:mod:`psal_widgets.dashboard_page`).
+    """
+    return os.environ.get(PAGE_PLOTLY_ENV, "") == "1"
 
 
 def page_preload_html() -> str:
     """A classic ``<script>`` carrying plotly.js, for the first output of a served page.
 
-    The Voila dashboard shows it before building the explorer. The browser runs a classic
-    script as soon as it parses it, so plotly.js (about 1 s of the page's main thread on a
-    2-core machine) loads while the kernel still builds the explorer, or while the page boots
-    its widget manager, instead of after the first figure arrives. Figures created afterwards
-    in this kernel leave the bundle out of their state (5 MB less to send); a page where the
-    script did not run (an untrusted notebook) gets it from the kernel on request.
+    The dashboard notebook shows it before building the explorer. The browser runs a classic
+    script as soon as it renders it, so plotly.js (about 1 s of the page's main thread on a
+    2-core machine) loads while the page boots its widget manager, instead of after the first
+    figure arrives. Figures created afterwards in this kernel leave the bundle out of their
+    state (5 MB less to send); a page where the script did not run (an untrusted notebook)
+    gets it from the kernel on request.
+
+    Under ``psal dashboard`` (:func:`page_imports_plotly`) the page's head has already started
+    the import, earlier still (while this kernel runs the notebook), so the script is left out:
+    an HTML comment only.
 
     Returns
     -------
@@ -175,8 +173,23 @@ def page_preload_html() -> str:
     """
     global _PAGE_CARRIES_BUNDLE
     _PAGE_CARRIES_BUNDLE = True
+    if page_imports_plotly():
+        return "<!-- psal_widgets: plotly.js is imported by the page itself (psal_widgets/dashboard_page.py) -->"
     code = json.dumps(plotly_bundle()).replace("<", "\\u003c")
     return PRELOAD_HTML.replace("BUNDLE_TEXT", code, 1)
+
+
+@functools.cache
+def _layout_template(name: str | None) -> go.layout.Template | None:
+    """plotly's default template ``name`` without its defaults for every trace type.
+
+    The figures set their traces' styles themselves; the per-type part (about 40 trace types)
+    only costs the browser time on every first draw: 60-120 ms of the profile chart's 400 ms in
+    Chromium on this project's machine, side by side with the full template.
+    """
+    if not name:
+        return None
+    return go.layout.Template(layout=pio.templates[name].layout)
 
 
 class FigureWidget(go.FigureWidget):
@@ -195,9 +208,14 @@ class FigureWidget(go.FigureWidget):
     # the state the front-end model starts with (the loader reads it in ``initialize``).
     @traitlets.default("_psal_bundle")
     def _default_psal_bundle(self) -> str:
-        return "" if _PAGE_CARRIES_BUNDLE else plotly_bundle()
+        return "" if _PAGE_CARRIES_BUNDLE or page_imports_plotly() else plotly_bundle()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        layout = kwargs.get("layout")
+        if len(args) < 2 and (layout is None or isinstance(layout, dict)) and "template" not in (layout or {}):
+            template = _layout_template(pio.templates.default)
+            if template is not None:
+                kwargs["layout"] = {**(layout or {}), "template": template}
         super().__init__(*args, **kwargs)
         # plotly's constructor ends by copying its data and layout into the state (after it has
         # sent its own template update to nobody): a front end starting from it needs no handshake.
