@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import psal_widgets.index as index_module
+import psal_widgets.index.builder as index_builder
 from psal_widgets.index import IndexError_, ProfileIndex, build_index, index_for
 
 from .conftest import VAL800, needs_data
@@ -101,7 +101,7 @@ def test_interrupted_build_resumes_to_identical_bytes(setup, tmp_path, monkeypat
     full = build_index(explainer.model, ds, tmp_path / "full", batch_size=2, progress=False)
     assert full.build_info["status"] == "built"
 
-    real = index_module.filter_profiles
+    real = index_builder.filter_profiles
     calls = {"n": 0}
 
     def dies_after_three(*args, **kwargs):
@@ -110,7 +110,7 @@ def test_interrupted_build_resumes_to_identical_bytes(setup, tmp_path, monkeypat
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index_module, "filter_profiles", dies_after_three)
+    monkeypatch.setattr(index_builder, "filter_profiles", dies_after_three)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         build_index(explainer.model, ds, out, batch_size=2, progress=False, checkpoint_every=2)
@@ -119,7 +119,7 @@ def test_interrupted_build_resumes_to_identical_bytes(setup, tmp_path, monkeypat
     assert progress["rows_done"] == 4  # the checkpoint after two batches
     with pytest.raises(IndexError_, match="run the same `psal index` command again"):
         ProfileIndex.open(out)
-    monkeypatch.setattr(index_module, "filter_profiles", real)
+    monkeypatch.setattr(index_builder, "filter_profiles", real)
     resumed = build_index(explainer.model, ds, out, batch_size=2, progress=False, checkpoint_every=2)
     assert resumed.build_info["status"] == "resumed" and resumed.build_info["resumed_from"] == 4
     assert resumed.build_info["rows_computed"] == 6
@@ -137,7 +137,7 @@ def test_sigkill_and_restart_in_a_subprocess(setup, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(os.getcwd())!r})
-        import psal_widgets.index as ix
+        import psal_widgets.index.builder as ix
         from psal_widgets.data import open_dataset
         from tests.tinydata import tiny_model
         model = tiny_model(0)

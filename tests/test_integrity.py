@@ -339,10 +339,11 @@ def test_index_skips_unreadable_images_and_rows_stay_aligned(tmp_path):
 
 def test_an_interrupted_index_build_keeps_its_record_of_skipped_images(tmp_path, monkeypatch):
     import psal_widgets.index as index_module
+    import psal_widgets.index.builder as index_builder
 
     model, ds, _ = _bad_dataset(tmp_path / "data")
     full = index_module.build_index(model, ds, tmp_path / "full", batch_size=4, progress=False)
-    real, calls = index_module.filter_profiles, {"n": 0}
+    real, calls = index_builder.filter_profiles, {"n": 0}
 
     def dies_after_one(*args, **kwargs):
         calls["n"] += 1
@@ -350,7 +351,7 @@ def test_an_interrupted_index_build_keeps_its_record_of_skipped_images(tmp_path,
             raise KeyboardInterrupt("simulated kill")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(index_module, "filter_profiles", dies_after_one)
+    monkeypatch.setattr(index_builder, "filter_profiles", dies_after_one)
     with pytest.raises(KeyboardInterrupt):  # after the batch that holds the truncated image
         index_module.build_index(model, ds, tmp_path / "idx", batch_size=4, progress=False, checkpoint_every=1)
     monkeypatch.undo()
