@@ -46,7 +46,9 @@ def _bench_kernels(model_name: str, *, repeat: int, device: str | None, random_w
     x = torch.randn(8, 3, crop, crop, generator=gen).to(dev)
     y = torch.randint(0, 1000, (8,), generator=gen).to(dev)
     # Unit statistics: the cost of standardizing is the same whatever their values.
-    stats = FilterStats(torch.zeros(index.n_filters, dtype=torch.float64), torch.ones(index.n_filters, dtype=torch.float64))
+    stats = FilterStats(
+        torch.zeros(index.n_filters, dtype=torch.float64), torch.ones(index.n_filters, dtype=torch.float64)
+    )
     sync = dev
 
     def original_style() -> None:
@@ -61,9 +63,15 @@ def _bench_kernels(model_name: str, *, repeat: int, device: str | None, random_w
     res["profile_conv_only_s"] = time_median(
         lambda: filter_profiles(net, x[:1], y[:1], index=index, mode="raw", strategy="loop"), repeat=repeat, sync=sync)
     res["profile_batch8_loop_s_per_img"] = time_median(
-        lambda: filter_profiles(net, x, y, index=index, mode="raw", strategy="loop"), repeat=max(1, repeat // 2), sync=sync) / 8
+        lambda: filter_profiles(net, x, y, index=index, mode="raw", strategy="loop"),
+        repeat=max(1, repeat // 2),
+        sync=sync,
+    ) / 8
     res["profile_batch8_vmap_s_per_img"] = time_median(
-        lambda: filter_profiles(net, x, y, index=index, mode="raw", strategy="vmap"), repeat=max(1, repeat // 2), sync=sync) / 8
+        lambda: filter_profiles(net, x, y, index=index, mode="raw", strategy="vmap"),
+        repeat=max(1, repeat // 2),
+        sync=sync,
+    ) / 8
 
     def new_image() -> None:
         kernel = InputSaliency(net, x[0], int(y[0]), index=index, stats=stats)
@@ -175,7 +183,7 @@ def _bench_stats(model_name: str, *, repeat: int, device: str | None, random_wei
                                   "loop": profiles("loop", b), "hooks": profiles("hooks", b),
                                   "vmap": profiles("vmap", vb)}, repeat=repeat, sync=dev)
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         net.train(was_training)
     auto = auto_strategy(net, index, dev)

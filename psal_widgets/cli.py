@@ -110,13 +110,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # Every input is checked before the model is loaded: the image, the output folder.
     load_image(args.image)
     _check_out(out)
-    explainer = Explainer(args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device)
+    explainer = Explainer(
+        args.model, weights=args.weights, stats=args.stats or "auto", mode=args.mode, device=args.device
+    )
     index = explainer.index
     # What needs the model's filter count is checked as soon as it is known, before the analysis.
     if filters is not None:
         bad = [f for f in filters if not 0 <= f < index.n_filters]
         if bad:
-            raise CliError(f"filter ids {bad} are out of range: this model has {index.n_filters} filters (0..{index.n_filters - 1})")
+            raise CliError(
+                f"filter ids {bad} are out of range: "
+                f"this model has {index.n_filters} filters (0..{index.n_filters - 1})"
+            )
     if args.k > index.n_filters:
         raise CliError(f"--k {args.k} is more than the {index.n_filters} filters of {explainer.model.name}")
     analysis = explainer.analyze(args.image, label=args.label)
@@ -169,7 +174,7 @@ def _write_explain(args, out, explainer, analysis, chosen, filters, heat, top, c
         writer = csv.writer(fh)
         writer.writerow(["id", "layer", "channel", "saliency", "raw"])
         ids = np.arange(index.n_filters)
-        for i, layer, channel in zip(ids, index.layer_names(ids), index.channels(ids)):
+        for i, layer, channel in zip(ids, index.layer_names(ids), index.channels(ids), strict=True):
             writer.writerow([i, layer, int(channel), "" if std is None else f"{std[i]:.6g}", f"{analysis.raw[i]:.6g}"])
     result = {
         "model": explainer.model.name,
@@ -433,21 +438,32 @@ def build_parser() -> argparse.ArgumentParser:
     # The map is clipped at the 99th percentile: the threshold must lie below it.
     PERCENTILE = float_arg(low=0.0, high=99.0, high_open=True)
 
-    parser = _Parser(prog="psal", description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.")
+    parser = _Parser(
+        prog="psal",
+        description="Parameter-space saliency: which filters malfunction on an image, and which pixels drive them.",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_opts(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
-        p.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default, embedded), a torchvision name or timm:NAME")
+        p.add_argument(
+            "--model",
+            default="efficientnet_lite0",
+            help="efficientnet_lite0 (default, embedded), a torchvision name or timm:NAME",
+        )
         if weights:
-            p.add_argument("--weights", default=None, help="weights file (.pth/.safetensors) instead of the default place")
+            p.add_argument(
+                "--weights", default=None, help="weights file (.pth/.safetensors) instead of the default place"
+            )
             p.add_argument("--offline", action="store_true",
                            help="never download a named model's weights (also PSAL_OFFLINE=1); the default never does")
 
     p = sub.add_parser("explain", help="profile, input-space saliency and GradCAM of one image")
     p.add_argument("image")
     model_opts(p)
-    p.add_argument("--label", default=None, help="class index, WordNet id or name (default: known label, else prediction)")
+    p.add_argument(
+        "--label", default=None, help="class index, WordNet id or name (default: known label, else prediction)"
+    )
     p.add_argument("--k", type=POSITIVE_INT, default=10, help="number of top filters to boost (default 10)")
     p.add_argument("--boost", type=BOOST, default=100.0, help="boost factor of the chosen filters (default 100)")
     p.add_argument("--filters", default=None, help="comma-separated filter ids to boost instead of the top k")
@@ -471,7 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="output folder (default: the user cache, MODEL or, with --weights, MODEL@FINGERPRINT, "
                         "where explain and the explorer look)")
-    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument(
+        "--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order"
+    )
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -489,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", default=None,
                    help="statistics for the summary line only (default: the model's own); the index never uses them")
     p.add_argument("--out", default=None, help="index folder (default: the user cache, where experiments look)")
-    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order")
+    p.add_argument(
+        "--limit", type=POSITIVE_INT, default=None, help="use N images, evenly spaced over the dataset order"
+    )
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -535,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for spec in EXPERIMENTS.values():
         q = exp.add_parser(spec.name, help=spec.help)
-        q.add_argument("--data", required=True, help="labelled dataset: CSV (file,label), ImageFolder or ILSVRC val folder")
+        q.add_argument(
+            "--data", required=True, help="labelled dataset: CSV (file,label), ImageFolder or ILSVRC val folder"
+        )
         model_opts(q)
         q.add_argument("--stats", default=None, help="helper-objects folder (default: the model's own)")
         q.add_argument("--index", default=None, help="profile-index folder (default: found or built for the data)")
@@ -564,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=POSITIVE_INT, default=5)
     p.add_argument("--device", default=None)
     p.add_argument("--clicks", type=POSITIVE_INT, default=10, help="timed filter clicks (click, dashboard; default 10)")
-    p.add_argument("--n", type=POSITIVE_INT, default=50_000, help="neighbors: rows of the synthetic index (default 50,000)")
+    p.add_argument(
+        "--n", type=POSITIVE_INT, default=50_000, help="neighbors: rows of the synthetic index (default 50,000)"
+    )
     p.add_argument("--filters", type=POSITIVE_INT, default=26_560,
                    help="neighbors: filters of the synthetic index (default 26,560, ResNet-50)")
     p.add_argument("--naive-n", type=int, default=5_000,

@@ -21,11 +21,11 @@ from PIL import Image
 
 from ._types import CamMethod, Mode, SortedProfile
 from .checks import filter_ids, profile_mode
+from .kernels.basis import SaliencyBasis
 from .kernels.cam import cam_map, conv_layer_names
 from .kernels.filters import FilterIndex
 from .kernels.interventions import FilterPruner, Recipe
 from .kernels.layout import sorted_profile
-from .kernels.basis import SaliencyBasis
 from .kernels.saliency import InputSaliency, negligible_set
 from .kernels.standardize import STD_FLOOR, zscore
 from .kernels.stats import FilterStats
@@ -322,7 +322,7 @@ class Analysis:
         channels = self.index.channels(ids)
         return [
             {"id": int(i), "layer": la, "channel": int(c), "saliency": float(self.profile[i])}
-            for i, la, c in zip(ids, layers, channels)
+            for i, la, c in zip(ids, layers, channels, strict=True)
         ]
 
     def pruner(self, *, recipe: Recipe = "zero-output") -> FilterPruner:

@@ -200,7 +200,7 @@ def _build_efficientnet_lite0(weights: Path | None, random_weights: bool) -> tup
     if len(state) != len(target):
         raise ModelError(f"{path} holds {len(state)} tensors; EfficientNet-Lite0 needs {len(target)}")
     mapped = {}
-    for (src_key, src), (dst_key, dst) in zip(state.items(), target.items()):
+    for (src_key, src), (dst_key, dst) in zip(state.items(), target.items(), strict=True):
         if src.shape != dst.shape:
             raise ModelError(f"{path}: tensor {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
         mapped[dst_key] = src

@@ -59,7 +59,7 @@ def _run_key(model: LoadedModel, ds: LabeledImages, index: FilterIndex, *, batch
     (and, for one rank of a torchrun run, its place: ``{"rank", "world_size"}``)."""
     digest = hashlib.sha256()
     digest.update(os.fspath(Path(ds.root).resolve()).encode())  # hashed: no absolute path on disk
-    for f, y in zip(ds.relative_files(), ds.labels):
+    for f, y in zip(ds.relative_files(), ds.labels, strict=True):
         digest.update(f"\0{f}\t{int(y)}".encode())
     return json.loads(json.dumps({
         "format": CHECKPOINT_FORMAT,

@@ -449,7 +449,7 @@ def test_empty_datasets(tmp_path, labels):
 
 def test_raw_images_labels_csv(labels):
     ds = open_dataset(ROOT / "raw_images", labels=labels)
-    named = dict(zip(ds.relative_files(), ds.labels))
+    named = dict(zip(ds.relative_files(), ds.labels, strict=True))
     assert named == {"grace_hopper.jpg": 652, "chelsea.png": 281, "coffee.png": 967}
 
 

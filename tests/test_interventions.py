@@ -290,7 +290,7 @@ def test_zero_output_silences_every_kind_of_norm(zoo):
     finally:
         for h in handles:
             h.remove()
-    for (module, channel), before, after in zip(where, clean, pruned):
+    for (module, channel), before, after in zip(where, clean, pruned, strict=True):
         assert before[:, channel].abs().max() > 1e-3, module  # it carried a signal before
         assert torch.equal(after[:, channel], torch.zeros_like(after[:, channel])), module
 
@@ -313,7 +313,7 @@ def test_zero_output_on_the_tiny_model(tiny):
     finally:
         for h in handles:
             h.remove()
-    for s, channel in zip(seen, (2, 1, 4)):
+    for s, channel in zip(seen, (2, 1, 4), strict=True):
         out = s["out"]
         assert torch.equal(out[:, channel], torch.zeros_like(out[:, channel]))
 
@@ -383,7 +383,7 @@ def test_random_sets_are_nested_and_seeded_per_image():
     profile = np.zeros(500)
     for seed in (3, [3, 17]):
         sets = [select_filters("random", profile, n, seed=seed) for n in (1, 5, 10, 50, 100)]
-        for small, big in zip(sets, sets[1:]):
+        for small, big in zip(sets, sets[1:], strict=False):
             np.testing.assert_array_equal(big[: small.size], small)  # the 10 contain the 5
     a = select_filters("random", profile, 25, seed=[0, 1])
     b = select_filters("random", profile, 25, seed=[0, 2])
@@ -473,7 +473,9 @@ def test_default_model_pruned_channels_are_exactly_zero_after_their_norm(lite0):
     finally:
         for h in handles:
             h.remove()
-    for (layer, c), norm, before, after, params_out, lit in zip(picks, norms, clean, pruned, by_params, literal):
+    for (layer, c), norm, before, after, params_out, lit in zip(
+        picks, norms, clean, pruned, by_params, literal, strict=True
+    ):
         assert before[:, c].abs().max() > 0, layer
         assert torch.equal(after[:, c], torch.zeros_like(after[:, c])), layer
         assert torch.equal(params_out[:, c], torch.zeros_like(params_out[:, c])), layer
@@ -482,7 +484,7 @@ def test_default_model_pruned_channels_are_exactly_zero_after_their_norm(lite0):
             const = -norm.weight[c] * norm.running_mean[c] / torch.sqrt(norm.running_var[c] + norm.eps)
             const = norm.act(const.reshape(1)).item()
         torch.testing.assert_close(lit[:, c], torch.full_like(lit[:, c], const), rtol=1e-5, atol=1e-6)
-    assert any(abs(float(lit[0, c, 0, 0])) > 1e-3 for (_, c), lit in zip(picks, literal))
+    assert any(abs(float(lit[0, c, 0, 0])) > 1e-3 for (_, c), lit in zip(picks, literal, strict=True))
 
 
 @pytest.mark.slow

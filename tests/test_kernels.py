@@ -130,7 +130,9 @@ def test_nothing_is_mutated(tiny):
 
 def test_standardize_modes():
     raw = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
-    stats = FilterStats(torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64), torch.tensor([0.5, 0.0, 1e-15], dtype=torch.float64))
+    stats = FilterStats(
+        torch.tensor([0.5, 2.0, 0.0], dtype=torch.float64), torch.tensor([0.5, 0.0, 1e-15], dtype=torch.float64)
+    )
     torch.testing.assert_close(standardize(raw, stats, "std"), torch.tensor([[1.0, 0.0, 3.0]], dtype=torch.float64))
     torch.testing.assert_close(standardize(raw, stats, "norm"), torch.tensor([[2.0, 1.0, 3.0]], dtype=torch.float64))
     assert torch.equal(standardize(raw, None, "raw"), raw)
@@ -290,7 +292,7 @@ def test_zscore_is_one_formula_for_numpy_and_torch():
                                zscore(raw.astype(np.float16), mean, std), rtol=1e-6)
     stats = FilterStats(torch.from_numpy(mean), torch.from_numpy(std))
     np.testing.assert_allclose(standardize(torch.from_numpy(raw), stats, "std").numpy(), expected, rtol=1e-12)
-    for arr, orig in zip((raw, mean, std), copies):
+    for arr, orig in zip((raw, mean, std), copies, strict=True):
         np.testing.assert_array_equal(arr, orig)  # nothing mutated
 
 

@@ -23,10 +23,10 @@ import torch
 from PIL import Image, ImageFile
 
 from psal_widgets.cli import main
-from psal_widgets.data import MAX_ASPECT_RATIO, ImageError, Preprocess, load_image
+from psal_widgets.data import MAX_ASPECT_RATIO, ImageError, load_image
 
 from .conftest import ROOT, make_tiny
-from .tinydata import make_dataset_csv, photo, tiny_model
+from .tinydata import photo, tiny_model
 
 GRACE = ROOT / "raw_images" / "grace_hopper.jpg"
 
@@ -404,7 +404,11 @@ def _tiny_stats(mean: torch.Tensor, std: torch.Tensor):
 
 BAD_STATS = [
     ("nan mean", lambda m, s: (m.index_fill(0, torch.tensor([4]), float("nan")), s), "1 mean values are NaN"),
-    ("inf std", lambda m, s: (m, s.index_fill(0, torch.tensor([0, 2]), float("inf"))), "2 std values are NaN or infinite"),
+    (
+        "inf std",
+        lambda m, s: (m, s.index_fill(0, torch.tensor([0, 2]), float("inf"))),
+        "2 std values are NaN or infinite",
+    ),
     ("negative std", lambda m, s: (m, s.index_fill(0, torch.tensor([7]), -0.5)), "1 std values are negative"),
 ]
 

@@ -47,7 +47,7 @@ def depth_ranges(index: FilterIndex) -> dict[str, tuple[int, int]]:
     """Layer positions ``(first, last)`` (inclusive) of the first, middle and last third of the
     conv layers (``numpy.array_split`` sizes: the first groups take the remainder)."""
     parts = np.array_split(np.arange(len(index.layers)), 3)
-    return {name: (int(p[0]), int(p[-1])) for name, p in zip(DEPTHS, parts) if p.size}
+    return {name: (int(p[0]), int(p[-1])) for name, p in zip(DEPTHS, parts, strict=True) if p.size}
 
 
 def float_list(text: str) -> list[float]:

@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="numbers of filters to update, comma-separated (default 10,25,50,100,150,300)")
     parser.add_argument("--step", type=float_arg(low=0.0, low_open=True), default=0.001,
                         help="L2 norm of the normalized step (default 0.001, the paper's for ResNet-50)")
-    parser.add_argument("--neighbors", type=int_arg(low=1), default=10, help="nearest neighbours per image (default 10)")
+    parser.add_argument(
+        "--neighbors", type=int_arg(low=1), default=10, help="nearest neighbours per image (default 10)"
+    )
     parser.add_argument("--pool", default=None,
                         help="labelled dataset to find neighbours in (default: the other images of --data)")
     parser.add_argument("--normalize", choices=["updated", "network"], default="updated",
@@ -216,7 +218,15 @@ def run(ctx: ExperimentContext) -> dict[str, Any]:
         perm = ctx.rng(r).permutation(n_filters)
         total_norm = step_norm(grads, ex.index, None)
 
-        def measure(new: dict[str, torch.Tensor]) -> dict[str, float]:
+        # Called only within this iteration; the loop values are bound explicitly.
+        def measure(
+            new: dict[str, torch.Tensor],
+            *,
+            batch: torch.Tensor = batch,
+            before: torch.Tensor = before,
+            labels: torch.Tensor = labels,
+            nb: np.ndarray = nb,
+        ) -> dict[str, float]:
             after = batched_probs(model.module, new, batch)
             true_before = before[torch.arange(len(labels)), labels]
             true_after = after[torch.arange(len(labels)), labels]

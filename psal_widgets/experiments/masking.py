@@ -74,9 +74,19 @@ __all__ = ["add_arguments", "mask_pixels", "random_mask", "ranking_map", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", choices=["incorrect", "all", "correct"], default="incorrect",
                         help="images to study (default: the mistakes)")
-    parser.add_argument("--percent", type=float_arg(low=0.0, high=100.0, low_open=True), default=5.0, help="share of pixels to mask, in %% (default 5)")
+    parser.add_argument(
+        "--percent",
+        type=float_arg(low=0.0, high=100.0, low_open=True),
+        default=5.0,
+        help="share of pixels to mask, in %% (default 5)",
+    )
     parser.add_argument("--k", type=int_arg(low=1), default=10, help="top filters whose input map is used (default 10)")
-    parser.add_argument("--boost", type=float_arg(low=0.0, low_open=True), default=100.0, help="boost of the chosen filters (default 100)")
+    parser.add_argument(
+        "--boost",
+        type=float_arg(low=0.0, low_open=True),
+        default=100.0,
+        help="boost of the chosen filters (default 100)",
+    )
     parser.add_argument("--gain", type=float_arg(low=0.0, low_open=True), default=25.0,
                         help="list images whose true class rises by at least this many points (default 25)")
     parser.add_argument("--examples", type=int_arg(low=0), default=6, help="images shown in the figure (default 6)")
@@ -255,7 +265,7 @@ def _figures(ctx: ExperimentContext, res: dict[str, Any], per: list[dict[str, An
             p, s = per[j], shown[j]
             y, w = p["label"], p["incorrect"]
 
-            def probs(tb: float, ib: float) -> str:
+            def probs(tb: float, ib: float, *, y: Any = y, w: Any = w) -> str:
                 return f"{names.name(y)[:18]} {100 * tb:.1f}%\n{names.name(w)[:18]} {100 * ib:.1f}%"
 
             panels = [

@@ -31,8 +31,12 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-neighbors", type=int_arg(low=1), default=10, help="neighbours per reference image (default 10)")
-    parser.add_argument("--gallery", type=int_arg(low=0), default=4, help="reference mistakes shown in the gallery (default 4)")
+    parser.add_argument(
+        "--n-neighbors", type=int_arg(low=1), default=10, help="neighbours per reference image (default 10)"
+    )
+    parser.add_argument(
+        "--gallery", type=int_arg(low=0), default=4, help="reference mistakes shown in the gallery (default 4)"
+    )
 
 
 def _space_stats(ctx: ExperimentContext, nn: np.ndarray, correct: np.ndarray, label: np.ndarray,
@@ -183,7 +187,7 @@ def _fig_gallery(ctx: ExperimentContext, refs: np.ndarray, spaces: dict[str, np.
     rows = [(r, name) for r in refs.tolist() for name in spaces]
     fig = Figure(figsize=(1.6 * (shown + 1), 1.9 * len(rows)))
     axes = fig.subplots(len(rows), shown + 1, squeeze=False)
-    for (ref, name), ax_row in zip(rows, axes):
+    for (ref, name), ax_row in zip(rows, axes, strict=True):
         for j, row in enumerate([ref, *spaces[name][ref][:shown].tolist()]):
             ax = ax_row[j]
             ax.imshow(thumbnail(ctx, row))

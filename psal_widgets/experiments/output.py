@@ -91,7 +91,9 @@ class ResultWriter:
             "limit": c.limit,
             "seed": c.seed,
             "options": c.options,
-            "stats": None if stats is None else {k: stats.meta.get(k) for k in ("dataset", "n", "created") if k in stats.meta},
+            "stats": None
+            if stats is None
+            else {k: stats.meta.get(k) for k in ("dataset", "n", "created") if k in stats.meta},
             "package_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": [*self.files, "result.json"],

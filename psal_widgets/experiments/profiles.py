@@ -143,7 +143,7 @@ def _fig_profiles(series: list[tuple[Any, str, str]], *, ylabel: str, n_layers: 
 
     fig = Figure(figsize=(11, 2.6 * len(series) + 0.6))
     axes = fig.subplots(len(series), 1, sharex=True, sharey=shared, squeeze=False)[:, 0]
-    for ax, (layout, label, color) in zip(axes, series):
+    for ax, (layout, label, color) in zip(axes, series, strict=True):
         ax.scatter(layout.x, layout.y, s=1.5, color=color, linewidths=0, rasterized=True)
         for i in range(1, n_layers):
             ax.axvline(i, color="0.85", linewidth=0.4, zorder=0)
@@ -190,7 +190,7 @@ def _html(raw_layout: Any, layouts: dict[bool, Any], n_correct: int, n_incorrect
 
     def trace(layout: Any, name: str, color: str) -> Any:
         text = [f"{names[layer]}[{fid - findex.layers[layer].offset}] (filter {fid})"
-                for layer, fid in zip(layout.layer, layout.filter_id)]
+                for layer, fid in zip(layout.layer, layout.filter_id, strict=True)]
         return go.Scattergl(x=layout.x, y=layout.y, mode="markers", name=name, text=text,
                             marker={"size": 3, "color": color},
                             hovertemplate="%{text}<br>%{y:.4g}<extra>" + name + "</extra>")

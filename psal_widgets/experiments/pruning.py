@@ -170,7 +170,7 @@ def _figure(out: dict[str, Any], ks: list[int], *, title: str) -> Any:
 
     fig = Figure(figsize=(13, 3.8))
     axes = fig.subplots(1, 3)
-    for ax, m in zip(axes, METRICS):
+    for ax, m in zip(axes, METRICS, strict=True):
         for s in STRATEGIES:
             mean = np.asarray(out[s][m], dtype=float)
             ci = np.asarray(out[s][f"{m}_ci"], dtype=float).reshape(-1, 2)

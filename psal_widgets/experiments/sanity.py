@@ -50,7 +50,9 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=int_arg(low=1), default=10, help="top filters whose input map is compared (default 10)")
+    parser.add_argument(
+        "--k", type=int_arg(low=1), default=10, help="top filters whose input map is compared (default 10)"
+    )
     parser.add_argument("--examples", type=int_arg(low=0), default=3, help="images shown in the figure (default 3)")
 
 
@@ -155,7 +157,7 @@ def _figures(
 
     cols = len(res["n_randomized"]) + 1
     fig, axes = plt.subplots(len(shown), cols, figsize=(1.9 * cols, 2.1 * len(shown)), squeeze=False)
-    for row, (img, maps) in enumerate(zip(images, shown)):
+    for row, (img, maps) in enumerate(zip(images, shown, strict=True)):
         axes[row, 0].imshow(img)
         axes[row, 0].set_title("image", fontsize=7)
         for n, heat in enumerate(maps):

@@ -116,7 +116,7 @@ def adversarial_perturbation(
                 grad_norm = float(gnorm)
             if float(gnorm) == 0.0:
                 break
-            new = {n: delta[n] + (sign * alpha / gnorm).to(g.dtype) * g for n, g in zip(names, grads)}
+            new = {n: delta[n] + (sign * alpha / gnorm).to(g.dtype) * g for n, g in zip(names, grads, strict=True)}
             norm = torch.sqrt(sum((v.double() ** 2).sum() for v in new.values()))
             shrink = min(1.0, eps / float(norm)) if float(norm) > 0 else 1.0
             delta = {n: v * shrink for n, v in new.items()}

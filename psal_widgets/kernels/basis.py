@@ -63,7 +63,7 @@ class SaliencyBasis:
             (grads,) = torch.autograd.grad(
                 kernel.profile, kernel._x, grad_outputs=eye, is_grads_batched=True, retain_graph=True
             )
-            for i, g in zip(ids, grads):
+            for i, g in zip(ids, grads, strict=True):
                 self._maps[i] = g[0].detach()
 
     def covers(self, filters: Sequence[int] | np.ndarray) -> bool:

@@ -63,7 +63,7 @@ def loss_gradients(
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     finally:
         model.train(was_training)
-    out = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(leaves.items(), grads)}
+    out = {k: (torch.zeros_like(v) if g is None else g) for (k, v), g in zip(leaves.items(), grads, strict=True)}
     return out, logits.detach()
 
 

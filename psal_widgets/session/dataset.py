@@ -4,8 +4,9 @@
 :class:`~psal_widgets.index.ProfileIndex` of the session's model over it (row ``i`` = dataset
 image ``i``) and answers every dataset question of the explorer from the index alone: the
 browser rows and the error table (prediction, loss, mean standardized saliency), neighbours in
-standardized saliency space (paper §3.2; streamed over the memory-mapped index), the Fig. 2 summary (correct vs incorrect mean
-profiles) and a 2-D map of saliency space (PCA, or UMAP when ``umap-learn`` is installed).
+standardized saliency space (paper §3.2; streamed over the memory-mapped index), the Fig. 2
+summary (correct vs incorrect mean profiles) and a 2-D map of saliency space (PCA, or UMAP when
+``umap-learn`` is installed).
 
 Standardized profiles ``(raw - μ) / σ`` use the explainer's statistics (any dataset of the same
 model). They are read in row blocks; the whole standardized matrix is kept in memory only when
@@ -321,7 +322,7 @@ class DatasetBrowser:
         order, found = self.index.neighbours(
             query, explainer.stats, k=int(k), columns=columns, exclude=() if exclude is None else (int(exclude),)
         )
-        sims = dict(zip(order.tolist(), found.tolist()))
+        sims = dict(zip(order.tolist(), found.tolist(), strict=True))
         files = self.dataset.relative_files()
         labels = explainer.model.labels
         idx = self.index

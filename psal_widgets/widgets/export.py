@@ -9,8 +9,8 @@ from pathlib import Path
 
 import ipywidgets as W
 
-from .exportdir import export_folder
 from .common import explain
+from .exportdir import export_folder
 from .host import Host
 from .html import esc, span
 

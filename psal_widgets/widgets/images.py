@@ -12,10 +12,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from .upload import DEFAULT_UPLOAD_LIMIT, check_upload, clean_name
 from .common import class_picker, explain, parse_label
 from .host import Host, StateEvent
 from .html import esc
+from .upload import DEFAULT_UPLOAD_LIMIT, check_upload, clean_name
 
 __all__ = ["ImagePanel", "find_raw_images", "gallery_files"]
 
@@ -83,7 +83,6 @@ class ImagePanel:
         self.host = host
         self.upload_limit = int(upload_limit)
         s = host.session
-        g = host.status.guard
         self.folder = find_raw_images(raw_images)
         files = gallery_files(self.folder)
         self.gallery = W.Dropdown(
