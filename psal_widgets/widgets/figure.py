@@ -36,14 +36,13 @@ import json
 import os
 from collections.abc import Callable
 from copy import deepcopy
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets
 
-from ..plotly_page import IMPORT_ONCE_JS, PAGE_PLOTLY_ENV
+from ..plotly_page import IMPORT_ONCE_JS, PAGE_PLOTLY_ENV, widget_bundle_path
 
 __all__ = ["LOADER_JS", "PRELOAD_HTML", "FigureWidget", "page_imports_plotly", "page_preload_html", "plotly_bundle"]
 
@@ -124,11 +123,12 @@ export default () => {
 
 @functools.cache
 def plotly_bundle() -> str:
-    """plotly's own widget module (the JavaScript its ``FigureWidget`` would load), as text."""
-    esm = go.FigureWidget._esm
-    if isinstance(esm, Path):
-        return esm.read_text(encoding="utf-8")
-    return str(esm)
+    """plotly's own widget module (the JavaScript its ``FigureWidget`` would load), as text.
+
+    The same file the dashboard's page serves (:func:`~psal_widgets.plotly_page.widget_bundle_path`;
+    ``tests/test_dashboard_page.py`` checks it is the one plotly's widget loads).
+    """
+    return widget_bundle_path().read_text(encoding="utf-8")
 
 
 #: The page preload (:func:`page_preload_html`) was displayed in this kernel: figures created
